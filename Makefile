@@ -1,0 +1,33 @@
+# The two commands: `make lab` (full evaluation, writes results/) and `make test`.
+# Each creates .venv with the machine's python3 and installs the project first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: lab test lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.test-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.lab-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test,notebooks]'
+	touch $@ $(VENV)/.test-installed
+
+lab: $(VENV)/.lab-installed
+	$(PY) -m memcryptor_lab run --out results
+
+test: $(VENV)/.test-installed
+	$(PY) -m ruff check memcryptor_lab attacks tests
+	$(PY) -m pytest
+
+lint: $(VENV)/.test-installed
+	$(PY) -m ruff check memcryptor_lab attacks tests
+	$(PY) -m ruff format --check memcryptor_lab attacks tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,40 @@
+"""`proc-mem`: every mapped region of a live process read through /proc/PID/mem."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+from ._base import BLOCKED, ERROR, Attack, AttackOutcome
+from .scan import Scanner
+from .sources import ProcessGoneError, ProcMemSource
+
+
+class ProcMem(Attack):
+    name = "proc-mem"
+    artefact = "live-memory"
+    summary = "region list from /proc/PID/smaps, every region read through /proc/PID/mem"
+
+    def _run(
+        self, pid: int, scanner: Scanner, workdir: Path | None, outcome: AttackOutcome
+    ) -> None:
+        source = ProcMemSource(pid)
+        try:
+            regions = source.regions()
+            outcome.regions_total = len(regions)
+            outcome.hits = scanner.scan(source)
+        except ProcessGoneError as exc:
+            outcome.status, outcome.reason = ERROR, str(exc)
+            return
+        except PermissionError as exc:
+            outcome.status = BLOCKED
+            outcome.reason = (
+                f"{errno.errorcode.get(exc.errno or 0, 'EACCES')} opening "
+                f"{exc.filename}: non-dumpable process or another uid"
+            )
+            return
+        outcome.stats = source.stats
+        outcome.findings = scanner.summarize(outcome.hits)
+        if source.stats.bytes_read == 0:
+            outcome.status = BLOCKED
+            outcome.reason = f"no byte readable ({source.stats.errors_text() or 'empty'})"

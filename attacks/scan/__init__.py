@@ -1,0 +1,35 @@
+"""Scanners: needles in every encoding (and, later, AES key schedules)."""
+
+from .needles import (
+    BINARY_ENCODINGS,
+    FRAGMENT,
+    FRAGMENT_BYTES,
+    FULL,
+    TEXT_ENCODINGS,
+    Finding,
+    Hit,
+    Needle,
+    NeedleSet,
+    Scanner,
+    Secret,
+    encode_forms,
+    secrets_from_files,
+    summarize,
+)
+
+__all__ = [
+    "BINARY_ENCODINGS",
+    "FRAGMENT",
+    "FRAGMENT_BYTES",
+    "FULL",
+    "TEXT_ENCODINGS",
+    "Finding",
+    "Hit",
+    "Needle",
+    "NeedleSet",
+    "Scanner",
+    "Secret",
+    "encode_forms",
+    "secrets_from_files",
+    "summarize",
+]

@@ -1,0 +1,181 @@
+"""memlab: list designs and attacks, run the matrix, attack a process, scan a file."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+
+def _csv_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _cmd_designs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ._registry import DESIGNS
+
+    table = Table("design", "runs here", "key lives in", "summary")
+    for name, cls in DESIGNS.items():
+        reason = cls.supported()
+        table.add_row(
+            name, "yes" if reason is None else f"no: {reason}", cls.key_location, cls.summary
+        )
+    Console().print(table)
+    return 0
+
+
+def _cmd_attacks(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from attacks import ATTACKS
+
+    table = Table("attack", "artefact", "runs here", "summary")
+    for name, cls in ATTACKS.items():
+        reason = cls.supported()
+        table.add_row(name, cls.artefact, "yes" if reason is None else f"no: {reason}", cls.summary)
+    Console().print(table)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from attacks import ATTACKS
+
+    from ._registry import DESIGNS
+    from .lab.matrix import run_matrix
+    from .lab.render import SUMMARY_COLUMNS, print_summary, summarize_rows
+
+    designs = args.designs or list(DESIGNS)
+    attacks = args.attacks or list(ATTACKS)
+    total = len(designs) * 2 * len(args.phases) * len(attacks)
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.quiet,
+    ) as progress:
+        task = progress.add_task("matrix", total=total)
+
+        def step(label: str) -> None:
+            progress.update(task, advance=1, description=label)
+
+        result = run_matrix(
+            args.out,
+            designs,
+            attacks,
+            args.phases,
+            secret_kind=args.secret_kind,
+            keep_artefacts=args.keep_artefacts,
+            progress=step,
+        )
+    summary = summarize_rows(result.rows)
+    with open(result.run_dir / "summary.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(summary)
+    print_summary(summary)
+    print(f"{len(result.rows)} rows in {result.run_dir} ({result.duration_s:.1f} s)")
+    return 0
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    import time
+
+    from attacks import OK, AttackOutcome
+    from attacks._front import print_outcome, scanner_from_args
+    from attacks.sources import FileSource
+
+    scanner = scanner_from_args(args)
+    source = FileSource(args.file)
+    started = time.perf_counter()
+    hits = scanner.scan(source)
+    outcome = AttackOutcome(
+        "scan",
+        "n/a",
+        "file",
+        0,
+        OK,
+        findings=scanner.summarize(hits),
+        hits=hits,
+        stats=source.stats,
+        duration_s=time.perf_counter() - started,
+        regions_total=1,
+    )
+    print_outcome(outcome, as_json=args.json)
+    return 0
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from attacks import ATTACKS
+    from attacks._front import print_outcome, scanner_from_args
+
+    outcome = ATTACKS[args.name]().run(args.pid, scanner_from_args(args))
+    print_outcome(outcome, as_json=args.json)
+    return 0 if outcome.status in ("ok", "blocked", "skipped") else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from attacks import ATTACKS
+    from attacks._front import needle_arguments
+
+    from ._registry import DESIGNS
+    from .lab._phases import PHASES
+    from .lab.matrix import SECRET_KINDS
+
+    parser = argparse.ArgumentParser(prog="memlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("designs", help="list designs and whether they run here").set_defaults(
+        func=_cmd_designs
+    )
+    sub.add_parser("attacks", help="list attacks and whether they run here").set_defaults(
+        func=_cmd_attacks
+    )
+
+    run = sub.add_parser("run", help="run designs x attacks x phases, write results/<run-id>/")
+    run.add_argument("--designs", type=_csv_list, help=f"comma list of {', '.join(DESIGNS)}")
+    run.add_argument("--attacks", type=_csv_list, help=f"comma list of {', '.join(ATTACKS)}")
+    run.add_argument(
+        "--phases", type=_csv_list, default=list(PHASES), help=f"comma list of {', '.join(PHASES)}"
+    )
+    run.add_argument("--out", type=Path, default=Path("results"))
+    run.add_argument("--secret-kind", choices=SECRET_KINDS, default="unicode")
+    run.add_argument(
+        "--keep-artefacts",
+        action="store_true",
+        help="keep dumps and cores in the private temp dir (they hold secrets)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.set_defaults(func=_cmd_run)
+
+    scan = sub.add_parser("scan", help="scan any dump or image file for needles")
+    scan.add_argument("file", type=Path)
+    needle_arguments(scan)
+    scan.add_argument("--json", action="store_true")
+    scan.set_defaults(func=_cmd_scan)
+
+    attack = sub.add_parser("attack", help="run one attack on any process")
+    attack.add_argument("name", choices=list(ATTACKS))
+    attack.add_argument("--pid", type=int, required=True)
+    needle_arguments(attack)
+    attack.add_argument("--json", action="store_true")
+    attack.set_defaults(func=_cmd_attack)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted: victims reaped, temporary files removed", file=sys.stderr)
+        return 130

@@ -1,0 +1,26 @@
+"""The explicit registry of designs: name -> class. A name is also the CLI choice."""
+
+from __future__ import annotations
+
+from ._errors import DesignUnsupportedError
+from ._protector import Protector
+from .designs.inproc_aead import InprocAead
+from .designs.plain import Plain
+
+DESIGNS: dict[str, type[Protector]] = {cls.name: cls for cls in (Plain, InprocAead)}
+
+
+def open_design(
+    name: str, *, key_fd: int | None = None, key_buffer: bytearray | memoryview | None = None
+) -> Protector:
+    """Create a protector of the named design, or raise a named error saying why not."""
+    try:
+        cls = DESIGNS[name]
+    except KeyError:
+        raise DesignUnsupportedError(
+            f"unknown design {name!r}; known designs: {', '.join(DESIGNS)}"
+        ) from None
+    reason = cls.supported()
+    if reason is not None:
+        raise DesignUnsupportedError(f"design {name!r} cannot run here: {reason}")
+    return cls(key_fd=key_fd, key_buffer=key_buffer)

@@ -1,0 +1,1 @@
+"""Design implementations. Import designs through `memcryptor_lab`, not from here."""

@@ -1,0 +1,3 @@
+"""Lifecycle phases a victim walks, in order."""
+
+PHASES = ("at-rest", "in-use", "released")

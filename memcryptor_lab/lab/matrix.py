@@ -1,0 +1,445 @@
+"""Run the matrix: designs x victims (subject, control) x phases x attacks -> result rows.
+
+The harness makes fresh random secrets for the run, hands them to a victim through
+pipes, walks the victim through the phases, and at each phase runs every attack with a
+scanner that looks for the plaintext, the key and a decoy the victim never saw. A control
+victim runs the same design with throwaway secrets and is scanned for the run's secrets.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from .._registry import DESIGNS
+from .._wipe import wipe
+from ._phases import PHASES
+from .results import (
+    SCHEMA_VERSION,
+    HitRow,
+    ResultsWriter,
+    Row,
+    host_facts,
+    new_run_id,
+    package_versions,
+)
+
+SECRET_KINDS = ("unicode", "ascii", "binary")
+# Letters outside Latin-1 make CPython store a str as UCS-2: plain's copies show as UTF-16LE.
+_UNICODE_EXTRA = "αβγδεζηθλμπσφψωЖДФЯ"
+
+
+class LabError(RuntimeError):
+    """The harness itself failed (victim died, protocol broken): the run is not valid."""
+
+
+@dataclass
+class LabSecrets:
+    """Ground truth for one run. Lives in the harness only; never written anywhere."""
+
+    plaintext: bytearray = field(repr=False)
+    key: bytearray = field(repr=False)
+    decoy: bytearray = field(repr=False)
+    kind: str
+    length: int
+
+    @classmethod
+    def generate(cls, kind: str = "unicode", length: int = 28) -> LabSecrets:
+        if kind not in SECRET_KINDS:
+            raise ValueError(f"secret kind must be one of {SECRET_KINDS}, got {kind!r}")
+
+        def one() -> bytearray:
+            if kind == "binary":
+                return bytearray(secrets.token_bytes(length))
+            alphabet = string.ascii_letters + string.digits
+            chars = [secrets.choice(alphabet) for _ in range(length)]
+            if kind == "unicode":
+                for i in range(0, length, 7):
+                    chars[i] = secrets.choice(_UNICODE_EXTRA)
+            return bytearray("".join(chars).encode("utf-8"))
+
+        return cls(one(), bytearray(secrets.token_bytes(32)), one(), kind, length)
+
+    @property
+    def text(self) -> bool:
+        return self.kind != "binary"
+
+    def needle_set(self) -> Any:
+        from attacks.scan import NeedleSet, Secret
+
+        return NeedleSet(
+            [
+                Secret("plaintext", bytes(self.plaintext), self.text),
+                Secret("key", bytes(self.key), False),
+                Secret("decoy", bytes(self.decoy), self.text),
+            ]
+        )
+
+    def wipe(self) -> None:
+        for buffer in (self.plaintext, self.key, self.decoy):
+            wipe(buffer)
+
+
+class Victim:
+    """One victim process. Use as a context manager: it is always reaped."""
+
+    def __init__(self, design: str) -> None:
+        self.design = design
+        secret_r, self._secret_w = os.pipe()
+        key_r, self._key_w = os.pipe()
+        self._use_harness, use_victim = socket.socketpair()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "memcryptor_lab.lab.victim",
+                "--design",
+                design,
+                "--secret-fd",
+                str(secret_r),
+                "--key-fd",
+                str(key_r),
+                "--use-fd",
+                str(use_victim.fileno()),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            pass_fds=(secret_r, key_r, use_victim.fileno()),
+        )
+        for fd in (secret_r, key_r):
+            os.close(fd)
+        use_victim.close()
+        self.pid = self.proc.pid
+        self._expect("started")
+
+    def _send(self, **request: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise LabError(f"victim {self.pid} ({self.design}) is gone") from None
+        return self._read_reply()
+
+    def _read_reply(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait(timeout=10)
+            raise LabError(f"victim {self.pid} ({self.design}) exited with status {code}")
+        reply: dict[str, Any] = json.loads(line)
+        if not reply.get("ok"):
+            raise LabError(f"victim {self.design}: {reply.get('error')}: {reply.get('message')}")
+        return reply
+
+    def _expect(self, phase: str) -> dict[str, Any]:
+        reply = self._read_reply()
+        if reply.get("phase") != phase:
+            raise LabError(f"victim reported phase {reply.get('phase')!r}, expected {phase!r}")
+        return reply
+
+    def load(self, plaintext: bytearray, key: bytearray) -> None:
+        os.write(self._key_w, key)
+        os.close(self._key_w)
+        # A pipe holds 64 KiB; secrets are far smaller, so one write cannot block.
+        os.write(self._secret_w, plaintext)
+        os.close(self._secret_w)
+        self._key_w = self._secret_w = -1
+        self._send(cmd="load", secret_len=len(plaintext))
+
+    def use(self, plaintext: bytearray) -> None:
+        """Enter in-use and check that the victim really used the secret we gave it."""
+        challenge = secrets.token_bytes(32)
+        reply = self._send(cmd="use", challenge=challenge.hex())
+        received = bytearray(len(plaintext))
+        view = memoryview(received)
+        got = 0
+        while got < len(received):
+            n = self._use_harness.recv_into(view[got:])
+            if n == 0:
+                break
+            got += n
+        view.release()
+        expected_mac = hmac.digest(plaintext, challenge, "sha256").hex()
+        ok = got == len(plaintext) and hmac.compare_digest(received, plaintext)
+        wipe(received)
+        if not ok or not hmac.compare_digest(reply["mac"], expected_mac):
+            raise LabError(f"victim {self.design} did not use the secret it was given")
+
+    def release(self) -> None:
+        self._send(cmd="release")
+
+    def close(self) -> None:
+        for fd in (self._secret_w, self._key_w):
+            if fd >= 0:
+                os.close(fd)
+        self._use_harness.close()
+        if self.proc.poll() is None:
+            try:
+                self._send(cmd="exit")
+                self.proc.wait(timeout=5)
+            except (LabError, OSError, subprocess.TimeoutExpired, ValueError):
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+    def __enter__(self) -> Victim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def private_workdir(keep: bool = False) -> Iterator[Path]:
+    """A 0700 directory for dumps and cores, removed afterwards unless `keep`."""
+    path = Path(tempfile.mkdtemp(prefix="memlab-"))
+    os.chmod(path, 0o700)
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so every `finally` (victims, temp dirs) runs."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    run_id: str
+    rows: list[Row]
+    duration_s: float
+
+
+ProgressFn = Callable[[str], None]
+
+
+def run_matrix(
+    out: str | os.PathLike[str],
+    designs: Sequence[str] | None = None,
+    attacks: Sequence[str] | None = None,
+    phases: Sequence[str] = PHASES,
+    *,
+    secret_kind: str = "unicode",
+    lab_secrets: LabSecrets | None = None,
+    keep_artefacts: bool = False,
+    progress: ProgressFn | None = None,
+) -> RunResult:
+    """Run the matrix and write `out/<run-id>/`. Returns the rows written."""
+    from attacks import ATTACKS
+    from attacks.scan import Scanner
+
+    designs = list(designs or DESIGNS)
+    attacks = list(attacks or ATTACKS)
+    for name in designs:
+        if name not in DESIGNS:
+            raise ValueError(f"unknown design {name!r}; known: {', '.join(DESIGNS)}")
+    for name in attacks:
+        if name not in ATTACKS:
+            raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
+    for phase in phases:
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}; phases: {', '.join(PHASES)}")
+
+    owned_secrets = lab_secrets is None
+    truth = lab_secrets or LabSecrets.generate(secret_kind)
+    needles = truth.needle_set()
+    scanner = Scanner(needles)
+    run_id = new_run_id()
+    facts = host_facts()
+    started = time.time()
+    writer = ResultsWriter(Path(out) / run_id)
+    rows: list[Row] = []
+    base = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "host": facts["host"],
+        "kernel": facts["kernel"],
+        "lab_version": __version__,
+    }
+    meta: dict[str, Any] = {
+        "run_id": run_id,
+        "started": started,
+        "command": sys.argv,
+        "designs": designs,
+        "attacks": attacks,
+        "phases": list(phases),
+        "secret_kind": secret_kind,
+        "secret_len": len(truth.plaintext),
+        "key_len": len(truth.key),
+        "scan_engine": scanner.engine_name,
+        "host_facts": facts,
+        "package_versions": package_versions(),
+        "status": "running",
+    }
+    writer.write_meta(meta)
+
+    def emit(cell: dict[str, Any], outcome: Any) -> None:
+        from attacks.scan import summarize
+
+        findings = outcome.findings or summarize(needles, [])
+        for f in findings:
+            status = f.status if f.status != "ok" else outcome.status
+            row = Row(
+                **base,
+                **cell,
+                attacker=outcome.attacker,
+                artefact=outcome.artefact,
+                needle_kind=f.kind,
+                encoding=f.encoding,
+                form=f.form,
+                needle_id=f.needle_id,
+                needle_len=f.needle_len,
+                hits=f.hits,
+                copies=f.copies,
+                regions=len(f.regions),
+                region_names="; ".join(f.regions),
+                bytes_scanned=outcome.stats.bytes_read,
+                bytes_unreadable=outcome.stats.bytes_unreadable,
+                read_errors=outcome.stats.errors_text(),
+                regions_total=outcome.regions_total,
+                duration_s=round(outcome.duration_s, 4),
+                status=status,
+                reason=f.reason or outcome.reason,
+            )
+            writer.add(row)
+            rows.append(row)
+        for h in outcome.hits:
+            region = h.region
+            writer.add_hit(
+                HitRow(
+                    schema_version=SCHEMA_VERSION,
+                    run_id=run_id,
+                    **cell,
+                    attacker=outcome.attacker,
+                    needle_kind=h.kind,
+                    encoding=h.encoding,
+                    form=h.form,
+                    needle_id=h.needle_id,
+                    address=hex(h.address),
+                    region=region.name if region else "",
+                    perms=region.perms if region else "",
+                    vmflags=" ".join(region.vmflags) if region else "",
+                    anonymous=region.anonymous if region else False,
+                    offset_in_region=h.address - region.start if region else 0,
+                )
+            )
+
+    try:
+        with terminate_as_interrupt(), private_workdir(keep_artefacts) as workdir:
+            for design in designs:
+                reason = DESIGNS[design].supported()
+                for role in ("subject", "control"):
+                    if reason is not None:
+                        for attack_name in attacks:
+                            for phase in phases:
+                                emit(
+                                    {
+                                        "design": design,
+                                        "attack": attack_name,
+                                        "victim": role,
+                                        "phase": phase,
+                                    },
+                                    _skipped(ATTACKS[attack_name], reason),
+                                )
+                        continue
+                    _walk_victim(
+                        design, role, truth, phases, attacks, scanner, workdir, emit, progress
+                    )
+        meta["status"] = "complete"
+    except KeyboardInterrupt:
+        meta["status"] = "interrupted"
+        raise
+    except BaseException as exc:
+        meta["status"] = f"failed: {type(exc).__name__}"
+        raise
+    finally:
+        meta["finished"] = time.time()
+        meta["duration_s"] = round(meta["finished"] - started, 3)
+        meta["rows"], meta["hits"] = writer.row_count, writer.hit_count
+        writer.write_meta(meta)
+        writer.close()
+        if owned_secrets:
+            truth.wipe()
+    return RunResult(writer.run_dir, run_id, rows, meta["duration_s"])
+
+
+def _skipped(attack_cls: Any, reason: str) -> Any:
+    from attacks import SKIPPED, AttackOutcome
+
+    return AttackOutcome(attack_cls.name, "n/a", attack_cls.artefact, 0, SKIPPED, reason)
+
+
+def _walk_victim(
+    design: str,
+    role: str,
+    truth: LabSecrets,
+    phases: Sequence[str],
+    attacks: Sequence[str],
+    scanner: Any,
+    workdir: Path,
+    emit: Callable[[dict[str, Any], Any], None],
+    progress: ProgressFn | None,
+) -> None:
+    from attacks import ATTACKS
+
+    # The control victim gets throwaway secrets of the same shape, and is searched for
+    # the run's secrets: whatever it shows is a false positive of the method.
+    given = truth if role == "subject" else LabSecrets.generate(truth.kind, truth.length)
+    try:
+        with Victim(design) as victim:
+            victim.load(given.plaintext, given.key)
+            for phase in PHASES:
+                if phase == "in-use":
+                    victim.use(given.plaintext)
+                elif phase == "released":
+                    victim.release()
+                if phase not in phases:
+                    continue
+                for attack_name in attacks:
+                    if progress:
+                        progress(f"{design} {role} {phase} {attack_name}")
+                    outcome = ATTACKS[attack_name]().run(victim.pid, scanner, workdir)
+                    emit(
+                        {"design": design, "attack": attack_name, "victim": role, "phase": phase},
+                        outcome,
+                    )
+    finally:
+        if given is not truth:
+            given.wipe()

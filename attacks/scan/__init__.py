@@ -13,6 +13,7 @@ from .needles import (
     Scanner,
     Secret,
     encode_forms,
+    reportable_hits,
     secrets_from_files,
     summarize,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "Scanner",
     "Secret",
     "encode_forms",
+    "reportable_hits",
     "secrets_from_files",
     "summarize",
 ]

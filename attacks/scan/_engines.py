@@ -8,7 +8,13 @@ imported on this platform; the engine in use is recorded with every result.
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
 from typing import Protocol
+
+# Held back while Hyperscan runs: a Python signal handler raising inside the match
+# callback would abort the scan as "ScanTerminated" and lose the KeyboardInterrupt.
+_DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class Stream(Protocol):
@@ -79,12 +85,20 @@ class _HyperscanStream:
 
     def feed(self, data: memoryview) -> None:
         if self._stream is not None and len(data):
-            self._stream.scan(data)
+            _signals_deferred(self._stream.scan, data)
 
     def close(self) -> None:
         if self._ctx is not None:
-            self._ctx.__exit__(None, None, None)  # flushes end-of-stream matches
-            self._ctx = self._stream = None
+            ctx, self._ctx, self._stream = self._ctx, None, None
+            _signals_deferred(ctx.__exit__, None, None, None)  # flushes end-of-stream matches
+
+
+def _signals_deferred(call: Callable[..., object], *args: object) -> None:
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
+    try:
+        call(*args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # pending signals land here
 
 
 class PythonEngine:

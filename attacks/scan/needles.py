@@ -16,7 +16,7 @@ import bisect
 import hashlib
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..sources import Chunk, MemorySource, Region
@@ -250,20 +250,15 @@ def summarize(needles: NeedleSet, hits: list[Hit]) -> list[Finding]:
                 n.needle_id,
                 n.length if n.form == FULL else FRAGMENT_BYTES,
             )
-    full_spans: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
-    for h in hits:
-        if h.form == FULL:
-            full_spans[(h.kind, h.encoding)].append((h.address, h.address + h.length))
-            f = findings[(h.kind, h.encoding, FULL)]
-            f.hits += 1
-            f.copies += 1
-            _add_region(f, h.region)
+    full_hits, loose = _split(hits)
+    for h in full_hits:
+        f = findings[(h.kind, h.encoding, FULL)]
+        f.hits += 1
+        f.copies += 1
+        _add_region(f, h.region)
     fragments: dict[tuple[str, str], list[Hit]] = defaultdict(list)
-    for h in hits:
-        if h.form != FULL:
-            spans = full_spans.get((h.kind, h.encoding), [])
-            if not any(s <= h.address and h.address + h.length <= e for s, e in spans):
-                fragments[(h.kind, h.encoding)].append(h)
+    for h in loose:
+        fragments[(h.kind, h.encoding)].append(h)
     for (kind, encoding), frag_hits in fragments.items():
         f = findings[(kind, encoding, FRAGMENT)]
         f.hits = len(frag_hits)
@@ -278,6 +273,31 @@ def summarize(needles: NeedleSet, hits: list[Hit]) -> list[Finding]:
     kinds = {s.kind: i for i, s in enumerate(needles.secrets)}
     ordered.sort(key=lambda f: (kinds.get(f.kind, 99), order[f.encoding], f.form != FULL))
     return ordered
+
+
+def _split(hits: list[Hit]) -> tuple[list[Hit], list[Hit]]:
+    """Full hits, and the fragment hits that do not lie inside a full copy of their form."""
+    full = [h for h in hits if h.form == FULL]
+    spans: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    for h in full:
+        spans[(h.kind, h.encoding)].append((h.address, h.address + h.length))
+    for span_list in spans.values():
+        span_list.sort()
+    starts = {k: [s for s, _ in v] for k, v in spans.items()}
+
+    def inside_full_copy(h: Hit) -> bool:
+        key = (h.kind, h.encoding)
+        # copies of one form have one length, so the closest start on the left decides
+        i = bisect.bisect_right(starts.get(key, []), h.address) - 1
+        return i >= 0 and h.address + h.length <= spans[key][i][1]
+
+    return full, [h for h in hits if h.form != FULL and not inside_full_copy(h)]
+
+
+def reportable_hits(hits: list[Hit]) -> list[Hit]:
+    """The hits a report lists: full copies and partial copies, not windows of full copies."""
+    full, loose = _split(hits)
+    return full + loose
 
 
 def _add_region(finding: Finding, region: Region | None) -> None:
@@ -304,11 +324,3 @@ def secrets_from_files(
                 Secret.detect(kind, value) if kind != "key" else Secret(kind, value, False)
             )
     return secrets
-
-
-def by_kind(findings: Iterable[Finding]) -> Mapping[str, int]:
-    """Total copies per secret kind (full and partial), for quick checks."""
-    totals: dict[str, int] = defaultdict(int)
-    for f in findings:
-        totals[f.kind] += f.copies
-    return dict(totals)

@@ -311,7 +311,7 @@ def run_matrix(
     writer.write_meta(meta)
 
     def emit(cell: dict[str, Any], outcome: Any) -> None:
-        from attacks.scan import summarize
+        from attacks.scan import reportable_hits, summarize
 
         findings = outcome.findings or summarize(needles, [])
         for f in findings:
@@ -340,7 +340,7 @@ def run_matrix(
             )
             writer.add(row)
             rows.append(row)
-        for h in outcome.hits:
+        for h in reportable_hits(outcome.hits):
             region = h.region
             writer.add_hit(
                 HitRow(

@@ -1,0 +1,188 @@
+"""The whole slice: victims walk the phases, proc-mem attacks them, rows are written.
+
+Expected outcomes were measured on this kernel (see results/README.md) and each would
+fail if the protection it rests on broke: plain is the positive control, the decoy and
+the control victim are the negative controls.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import needs_root
+
+from attacks.scan import FULL, NeedleSet, Scanner, Secret
+from attacks.sources import FileSource
+from memcryptor_lab.lab import SCHEMA_VERSION, LabSecrets, load_results, run_matrix
+
+pytestmark = [needs_root(), pytest.mark.integration]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    truth = LabSecrets.generate("unicode")
+    out = tmp_path_factory.mktemp("results")
+    result = run_matrix(out, secret_kind="unicode", lab_secrets=truth)
+    frame = load_results(result.run_dir)
+    return truth, result, frame
+
+
+def _copies(frame, **where) -> int:
+    sel = frame[(frame.status == "ok")]
+    for column, value in where.items():
+        sel = sel[sel[column] == value]
+    return int(sel.copies.sum())
+
+
+def test_schema_and_metadata(run) -> None:
+    _, _, frame = run
+    assert set(frame.schema_version) == {SCHEMA_VERSION}
+    assert str(frame.hits.dtype) == "int64" and str(frame.design.dtype) == "string"
+    meta = frame.attrs["meta"]
+    assert meta["status"] == "complete" and meta["scan_engine"] == "hyperscan"
+    assert meta["host_facts"]["kernel"] == os.uname().release
+    assert set(frame.design) == {"plain", "inproc-aead"}
+    assert set(frame.phase) == {"at-rest", "in-use", "released"}
+    assert set(frame.victim) == {"subject", "control"}
+    assert (frame.bytes_scanned > 0).all()
+
+
+def test_plain_shows_plaintext_at_rest(run) -> None:
+    _, _, frame = run
+    assert (
+        _copies(frame, design="plain", victim="subject", phase="at-rest", needle_kind="plaintext")
+        > 0
+    )
+
+
+def test_inproc_aead_holds_the_raw_key_but_no_plaintext_at_rest(run) -> None:
+    _, _, frame = run
+    cell = dict(design="inproc-aead", victim="subject", phase="at-rest")
+    assert _copies(frame, **cell, needle_kind="key", encoding="raw", form=FULL) > 0
+    assert _copies(frame, **cell, needle_kind="plaintext") == 0
+
+
+def test_inproc_aead_wipes_the_plaintext_it_revealed(run) -> None:
+    _, _, frame = run
+    assert (
+        _copies(
+            frame, design="inproc-aead", victim="subject", phase="in-use", needle_kind="plaintext"
+        )
+        > 0
+    )
+    assert (
+        _copies(
+            frame, design="inproc-aead", victim="subject", phase="released", needle_kind="plaintext"
+        )
+        == 0
+    )
+
+
+def test_decoy_and_control_victim_show_nothing(run) -> None:
+    _, _, frame = run
+    assert _copies(frame, needle_kind="decoy") == 0
+    assert _copies(frame, victim="control") == 0
+    assert len(frame[frame.victim == "control"]) == len(frame[frame.victim == "subject"])
+
+
+def test_no_secret_bytes_in_the_results_folder(run) -> None:
+    truth, result, _ = run
+    scanner = Scanner(
+        NeedleSet(
+            [Secret("plaintext", bytes(truth.plaintext), True), Secret("key", bytes(truth.key))]
+        )
+    )
+    files = [p for p in result.run_dir.iterdir() if p.is_file()]
+    assert {p.name for p in files} >= {"results.csv", "hits.csv", "meta.json"}
+    for path in files:
+        assert not scanner.scan(FileSource(path)), path.name
+
+
+def test_hits_are_attributed_to_regions(run) -> None:
+    _, result, _ = run
+    hits = load_results(result.run_dir, table="hits")
+    assert len(hits) > 0
+    assert (hits.region != "").all()
+    assert set(hits.needle_kind) <= {"plaintext", "key"}
+
+
+def _victims_of(pid: int) -> list[psutil.Process]:
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [p for p in children if "memcryptor_lab.lab.victim" in " ".join(p.cmdline())]
+
+
+def _start_run(out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "memcryptor_lab", "run", "--out", str(out), "--quiet"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_for_victim(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        victims = _victims_of(proc.pid)
+        if victims:
+            return victims
+        time.sleep(0.02)
+    raise AssertionError("no victim appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_run_leaves_nothing_behind(sig: int, tmp_path: Path) -> None:
+    workdirs_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "memlab-*")))
+    proc = _start_run(tmp_path)
+    victims = _wait_for_victim(proc)
+    time.sleep(0.3)  # let it get into an attack
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=30)
+    psutil.wait_procs(victims, timeout=10)
+    assert not [v for v in victims if v.is_running() and v.status() != psutil.STATUS_ZOMBIE]
+    if sig == signal.SIGKILL:
+        return  # no handler runs; PR_SET_PDEATHSIG took the victims down
+    assert proc.returncode == 130, stderr.decode()
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "memlab-*"))) == workdirs_before
+    (run_dir,) = tmp_path.iterdir()
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "interrupted"
+
+
+def test_memlab_run_cli_prints_the_table_without_secrets(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "memcryptor_lab",
+            "run",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--designs",
+            "plain",
+            "--phases",
+            "at-rest",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "plain" in out.stdout and "subject" in out.stdout and "control" in out.stdout
+    (run_dir,) = tmp_path.iterdir()
+    summary = (run_dir / "summary.csv").read_text().splitlines()
+    assert len(summary) == 1 + 2  # header, subject, control

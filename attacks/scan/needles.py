@@ -124,34 +124,21 @@ class NeedleSet:
         seen: dict[bytes, str] = {}
         for encoding, form_bytes in encode_forms(secret).items():
             if form_bytes is None:
-                for form in (FULL, FRAGMENT):
-                    self.skipped.append(
-                        Finding(
-                            secret.kind,
-                            encoding,
-                            form,
-                            "",
-                            0,
-                            status="n/a",
-                            reason="secret is binary, not text",
-                        )
-                    )
+                self._not_searched(
+                    secret.kind, encoding, "", 0, "n/a", "secret is binary, not text"
+                )
                 continue
             needle_id = self.short_id(form_bytes)
             alias = seen.get(form_bytes)
             if alias is not None:
-                for form in (FULL, FRAGMENT):
-                    self.skipped.append(
-                        Finding(
-                            secret.kind,
-                            encoding,
-                            form,
-                            needle_id,
-                            len(form_bytes),
-                            status="alias",
-                            reason=f"same bytes as {alias}",
-                        )
-                    )
+                self._not_searched(
+                    secret.kind,
+                    encoding,
+                    needle_id,
+                    len(form_bytes),
+                    "alias",
+                    f"same bytes as {alias}",
+                )
                 continue
             seen[form_bytes] = encoding
             self._add(Needle(secret.kind, encoding, FULL, needle_id, len(form_bytes), form_bytes))
@@ -173,6 +160,14 @@ class NeedleSet:
                         reason=f"form is not longer than {FRAGMENT_BYTES} bytes",
                     )
                 )
+
+    def _not_searched(
+        self, kind: str, encoding: str, needle_id: str, length: int, status: str, reason: str
+    ) -> None:
+        for form in (FULL, FRAGMENT):
+            self.skipped.append(
+                Finding(kind, encoding, form, needle_id, length, status=status, reason=reason)
+            )
 
     def _add(self, needle: Needle) -> None:
         self.needles.append(needle)

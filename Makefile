@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: lab test lint clean
+.PHONY: lab test lint bench-micro clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,15 @@ $(VENV)/.lab-installed: pyproject.toml | $(PY)
 	touch $@ $(VENV)/.test-installed
 
 lab: $(VENV)/.lab-installed
-	$(PY) -m memcryptor_lab run --out results
+	$(PY) -m memcryptor_lab run --out results --bench quick
 
 test: $(VENV)/.test-installed
 	$(PY) -m ruff check memcryptor_lab attacks tests
 	$(PY) -m pytest
+
+# pytest-benchmark micro-benchmarks of hot paths; JSON in .benchmarks/
+bench-micro: $(VENV)/.test-installed
+	$(PY) -m pytest tests/bench -o addopts="" -p benchmark --benchmark-autosave -q
 
 lint: $(VENV)/.test-installed
 	$(PY) -m ruff check memcryptor_lab attacks tests

@@ -85,6 +85,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
         writer.writerows(summary)
     print_summary(summary)
     print(f"{len(result.rows)} rows in {result.run_dir} ({result.duration_s:.1f} s)")
+    if args.bench != "none":
+        _bench(args, result.run_dir)
+    return 0
+
+
+def _bench(args: argparse.Namespace, run_dir: Path | None) -> Path:
+    from rich.console import Console
+
+    from .bench import run_bench
+    from .lab.render import print_bench
+
+    console = Console(stderr=True)
+    with console.status("bench") as status:
+        run_dir, rows = run_bench(
+            args.out,
+            args.bench,
+            designs=args.designs,
+            run_dir=run_dir,
+            progress=None if args.quiet else lambda label: status.update(f"bench: {label}"),
+        )
+    print_bench(rows)
+    print(f"{len(rows)} bench rows in {run_dir / 'bench.csv'}")
+    return run_dir
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.full:
+        args.bench = "full"
+    _bench(args, None)
     return 0
 
 
@@ -129,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     from attacks._front import needle_arguments
 
     from ._registry import DESIGNS
+    from .bench import PROFILES
     from .lab._phases import PHASES
     from .lab.matrix import SECRET_KINDS
 
@@ -155,7 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep dumps and cores in the private temp dir (they hold secrets)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument(
+        "--bench",
+        choices=["none", *PROFILES],
+        default="none",
+        help="also run this bench profile into the same run folder",
+    )
     run.set_defaults(func=_cmd_run)
+
+    bench = sub.add_parser("bench", help="latency, throughput and scale against baselines")
+    bench.add_argument("--profile", dest="bench", choices=list(PROFILES), default="quick")
+    bench.add_argument("--full", action="store_true", help="the whole sweep (profile full)")
+    bench.add_argument("--designs", type=_csv_list, help=f"comma list of {', '.join(DESIGNS)}")
+    bench.add_argument("--out", type=Path, default=Path("results"))
+    bench.add_argument("--quiet", action="store_true", help="no progress display")
+    bench.set_defaults(func=_cmd_bench)
 
     scan = sub.add_parser("scan", help="scan any dump or image file for needles")
     scan.add_argument("file", type=Path)

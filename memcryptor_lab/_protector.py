@@ -91,6 +91,8 @@ class Protector(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     key_location: ClassVar[str]
+    # True where the key lives in another process: its floor is an IPC round trip
+    out_of_process: ClassVar[bool] = False
 
     @classmethod
     def supported(cls) -> str | None:

@@ -99,7 +99,7 @@ class LabSecrets:
 class Victim:
     """One victim process. Use as a context manager: it is always reaped."""
 
-    def __init__(self, design: str) -> None:
+    def __init__(self, design: str, ballast_mib: int = 0) -> None:
         self.design = design
         secret_r, self._secret_w = os.pipe()
         key_r, self._key_w = os.pipe()
@@ -118,6 +118,8 @@ class Victim:
                 str(key_r),
                 "--use-fd",
                 str(use_victim.fileno()),
+                "--ballast-mib",
+                str(ballast_mib),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

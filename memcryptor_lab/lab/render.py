@@ -113,3 +113,61 @@ def print_summary(summary: list[dict[str, Any]]) -> None:
             f"{c['duration_s']:.2f}",
         )
     Console(width=max(160, Console().width)).print(table)
+
+
+def _human(value: float, unit: str) -> str:
+    if unit == "B/s":
+        return f"{value / 1e6:,.1f} MB/s"
+    if unit == "s":
+        return f"{value * 1e6:,.1f} µs" if value < 0.01 else f"{value:,.3f} s"
+    if unit == "B":
+        return f"{value / 2**20:,.2f} MiB" if value >= 2**20 else f"{value:,.0f} B"
+    return f"{value:,.0f}"
+
+
+def print_bench(rows: Iterable[Any]) -> None:
+    """The bench figures as one table: median, spread, and the ratio to the baseline."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="benchmarks (median; spread q1..q3; ratio = value / baseline, same run)")
+    for column in (
+        "group",
+        "subject",
+        "op",
+        "param",
+        "metric",
+        "median",
+        "p99 / spread",
+        "baseline",
+        "ratio",
+        "goal",
+    ):
+        table.add_column(column, justify="right" if column in ("param", "ratio") else "left")
+    for r in rows:
+        if r.status != "ok":
+            table.add_row(
+                r.group, r.subject, r.operation, "", r.metric, r.status, r.reason, "", "", ""
+            )
+            continue
+        spread = (
+            f"p99 {_human(r.p99, r.unit)}"
+            if r.group == "latency"
+            else f"{_human(r.q1, r.unit)}..{_human(r.q3, r.unit)}"
+            if r.samples > 1
+            else ""
+        )
+        goal = f"{r.goal}: {r.meets_goal}" if r.goal else ""
+        table.add_row(
+            r.group,
+            r.subject,
+            r.operation,
+            f"{r.param:,}",
+            r.metric,
+            _human(r.value, r.unit),
+            spread,
+            r.baseline,
+            f"{r.ratio:.2f}x" if r.baseline else "",
+            goal,
+        )
+    Console(width=max(160, Console().width)).print(table)

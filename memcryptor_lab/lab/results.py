@@ -21,6 +21,7 @@ from typing import Any
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.csv"
 HITS_FILE = "hits.csv"
+BENCH_FILE = "bench.csv"
 META_FILE = "meta.json"
 
 
@@ -80,6 +81,41 @@ class HitRow:
     offset_in_region: int
 
 
+@dataclass(slots=True)
+class BenchRow:
+    """One benchmark figure. `value` is the median (p50 for latencies); `ratio` is
+    value / baseline_value, measured in the same run; `better` says which way is good."""
+
+    schema_version: int
+    run_id: str
+    host: str
+    kernel: str
+    lab_version: str
+    profile: str
+    group: str  # latency | throughput | scale | scanner | attack | concurrency
+    subject: str  # a design, a baseline, a scanner or an attack
+    operation: str
+    param: int  # payload bytes, secrets held, clients, image bytes ...
+    metric: str
+    unit: str
+    better: str  # higher | lower | ""
+    samples: int
+    inner: int
+    value: float
+    p99: float
+    q1: float
+    q3: float
+    min: float
+    max: float
+    baseline: str
+    baseline_value: float
+    ratio: float
+    goal: str
+    meets_goal: str  # yes | no | "" (no goal)
+    status: str  # ok | skipped | error
+    reason: str
+
+
 # field annotations are strings here (postponed evaluation)
 _PANDAS_TYPES = {"int": "int64", "float": "float64", "str": "string", "bool": "boolean"}
 
@@ -90,6 +126,12 @@ def _dtypes(cls: type) -> dict[str, str]:
 
 ROW_DTYPES = _dtypes(Row)
 HIT_DTYPES = _dtypes(HitRow)
+BENCH_DTYPES = _dtypes(BenchRow)
+_TABLES = {
+    "rows": (RESULTS_FILE, ROW_DTYPES),
+    "hits": (HITS_FILE, HIT_DTYPES),
+    "bench": (BENCH_FILE, BENCH_DTYPES),
+}
 
 
 def new_run_id() -> str:
@@ -135,65 +177,85 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+class TableWriter:
+    """Writes typed rows to a CSV as they come, so an interrupted run leaves readable files."""
+
+    def __init__(self, path: Path, cls: type) -> None:
+        self.path = path
+        self._handle = open(path, "w", newline="")  # noqa: SIM115 - closed in close()
+        self._writer = csv.DictWriter(self._handle, fieldnames=[f.name for f in fields(cls)])
+        self._writer.writeheader()
+        self.count = 0
+
+    def add(self, row: Any) -> None:
+        self._writer.writerow(dataclasses.asdict(row))
+        self._handle.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def write_meta(run_dir: Path, updates: dict[str, Any]) -> None:
+    """Merge `updates` into the run's meta.json (the matrix and the bench share one run)."""
+    path = run_dir / META_FILE
+    meta = json.loads(path.read_text()) if path.exists() else {}
+    meta.update(updates)
+    meta["schema_version"] = SCHEMA_VERSION
+    meta["files"] = sorted(p.name for p in run_dir.glob("*.csv"))
+    path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
 class ResultsWriter:
-    """Writes rows as they come (a partial run still leaves readable files)."""
+    """The matrix's files: rows and hits."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=False)
-        self._files = []
-        self._rows = self._open(RESULTS_FILE, Row)
-        self._hits = self._open(HITS_FILE, HitRow)
-        self.row_count = 0
-        self.hit_count = 0
+        self._rows = TableWriter(run_dir / RESULTS_FILE, Row)
+        self._hits = TableWriter(run_dir / HITS_FILE, HitRow)
 
-    def _open(self, name: str, cls: type) -> csv.DictWriter[str]:
-        handle = open(self.run_dir / name, "w", newline="")  # noqa: SIM115 - closed in close()
-        self._files.append(handle)
-        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(cls)])
-        writer.writeheader()
-        return writer
+    @property
+    def row_count(self) -> int:
+        return self._rows.count
+
+    @property
+    def hit_count(self) -> int:
+        return self._hits.count
 
     def add(self, row: Row) -> None:
-        self._rows.writerow(dataclasses.asdict(row))
-        self.row_count += 1
+        self._rows.add(row)
 
     def add_hit(self, hit: HitRow) -> None:
-        self._hits.writerow(dataclasses.asdict(hit))
-        self.hit_count += 1
+        self._hits.add(hit)
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        meta = {
-            "schema_version": SCHEMA_VERSION,
-            **meta,
-            "files": {"rows": RESULTS_FILE, "hits": HITS_FILE},
-        }
-        (self.run_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_meta(self.run_dir, meta)
 
     def close(self) -> None:
-        for handle in self._files:
-            handle.close()
+        self._rows.close()
+        self._hits.close()
 
 
-def resolve_run_dir(path: str | os.PathLike[str]) -> Path:
-    """A run folder, or a results folder (then its newest run)."""
+def resolve_run_dir(path: str | os.PathLike[str], file: str = META_FILE) -> Path:
+    """A run folder, or a results folder (then its newest run that has `file`)."""
     path = Path(path)
-    if (path / RESULTS_FILE).exists():
+    if (path / file).exists():
         return path
-    runs = sorted(
-        p for p in path.iterdir() if (p / RESULTS_FILE).exists() and p.name != "reference"
-    )
+    runs = sorted(p for p in path.iterdir() if (p / file).exists() and p.name != "reference")
     if not runs:
-        raise FileNotFoundError(f"no run folder with {RESULTS_FILE} under {path}")
+        raise FileNotFoundError(f"no run folder with {file} under {path}")
     return runs[-1]
 
 
 def load_results(path: str | os.PathLike[str], table: str = "rows") -> Any:
-    """Load a run's rows (or hits, with table='hits') into a typed pandas DataFrame."""
+    """Load a run's table ('rows', 'hits' or 'bench') into a typed pandas DataFrame."""
     import pandas as pd
 
-    run_dir = resolve_run_dir(path)
-    name, dtypes = (RESULTS_FILE, ROW_DTYPES) if table == "rows" else (HITS_FILE, HIT_DTYPES)
+    if table not in _TABLES:
+        raise ValueError(f"table must be one of {', '.join(_TABLES)}, got {table!r}")
+    name, dtypes = _TABLES[table]
+    run_dir = resolve_run_dir(path, name)
     frame = pd.read_csv(run_dir / name, dtype=dtypes, keep_default_na=False)
     meta = json.loads((run_dir / META_FILE).read_text()) if (run_dir / META_FILE).exists() else {}
     frame.attrs["meta"] = meta

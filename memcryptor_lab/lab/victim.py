@@ -29,8 +29,12 @@ from .._protector import Protector, Sealed
 
 
 class _Victim:
-    def __init__(self, design: str, secret_fd: int, key_fd: int, use_fd: int) -> None:
+    def __init__(
+        self, design: str, secret_fd: int, key_fd: int, use_fd: int, ballast_mib: int = 0
+    ) -> None:
         self.design = design
+        # Ballast makes the victim as big as a real daemon, for attack wall-time benchmarks.
+        self.ballast = os.urandom(ballast_mib << 20) if ballast_mib else b""
         self.secret_fd, self.key_fd, self.use_fd = secret_fd, key_fd, use_fd
         self.protector: Protector | None = None
         self.sealed: Sealed | None = None
@@ -106,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secret-fd", type=int, required=True)
     parser.add_argument("--key-fd", type=int, required=True)
     parser.add_argument("--use-fd", type=int, required=True)
+    parser.add_argument("--ballast-mib", type=int, default=0)
     args = parser.parse_args(argv)
     die_with_parent()
     if os.getppid() == 1:  # the harness died before we asked to die with it

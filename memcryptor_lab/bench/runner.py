@@ -1,0 +1,612 @@
+"""`memlab bench`: latency, throughput and scale of every design and scanner, each figure
+also given as a ratio to a baseline measured in the same run.
+
+Absolute times on shared machines drift; ratios measured side by side do not. Nothing
+here asserts a timing: goals are reported as met or not, with the measured value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from .._registry import DESIGNS, open_design
+from ..lab.results import (
+    BENCH_FILE,
+    SCHEMA_VERSION,
+    BenchRow,
+    TableWriter,
+    host_facts,
+    new_run_id,
+    package_versions,
+    write_meta,
+)
+from ._baselines import aesgcm_ops, echo_op, echo_peer, memcpy_op
+from ._timing import Samples, measure
+
+KIB, MIB = 1 << 10, 1 << 20
+SECRET_BYTES = 32
+ECHO_MAX_PAYLOAD = 64 * KIB  # larger echoes would fill both socket buffers and deadlock
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    latency_samples: int
+    payloads: tuple[int, ...]
+    throughput_samples: int
+    min_sample_s: float
+    secrets_held: tuple[int, ...]
+    scanner_image_bytes: int
+    reference_engine_bytes: int
+    attack_victim_mib: int
+
+
+PROFILES = {
+    "quick": Profile(
+        "quick",
+        400,
+        (32, 1 * KIB, 64 * KIB, 1 * MIB, 16 * MIB),
+        7,
+        0.002,
+        (1, 100, 10_000),
+        128 * MIB,
+        4 * MIB,
+        200,
+    ),
+    "full": Profile(
+        "full",
+        5000,
+        (32, 256, 1 * KIB, 4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, 1 * MIB, 4 * MIB, 16 * MIB),
+        25,
+        0.005,
+        (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000),
+        512 * MIB,
+        16 * MIB,
+        200,
+    ),
+    # for the test suite: exercises every path, measures nothing worth quoting
+    "smoke": Profile("smoke", 20, (32, 64 * KIB), 3, 0.0, (1, 100), 4 * MIB, 1 * MIB, 8),
+}
+
+# The goals from the benchmark issue, checked against ratios measured in this run.
+GOALS: list[tuple[Callable[[BenchRow], bool], str, float]] = [
+    (
+        lambda r: (
+            r.subject in ("hardened", "secretmem")
+            and r.group == "throughput"
+            and r.param >= 64 * KIB
+        ),
+        ">= 0.8x aes-gcm",
+        0.8,
+    ),
+    (
+        lambda r: r.subject == "broker" and r.group == "throughput" and r.param == MIB,
+        ">= 0.5x aes-gcm",
+        0.5,
+    ),
+    (lambda r: r.subject == "broker" and r.operation == "reveal", "p50 <= 2x unix-echo", 2.0),
+]
+ABSOLUTE_GOALS: dict[tuple[str, str], tuple[str, float]] = {
+    ("scanner", "needles/hyperscan"): (">= 1 GB/s on one core", 1e9),
+}
+
+
+ProgressFn = Callable[[str], None]
+
+
+class _Bench:
+    def __init__(
+        self,
+        profile: Profile,
+        writer: TableWriter,
+        base: dict[str, Any],
+        progress: ProgressFn | None,
+    ) -> None:
+        self.profile = profile
+        self.writer = writer
+        self.base = base
+        self.progress = progress or (lambda label: None)
+        self.rows: list[BenchRow] = []
+
+    def emit(
+        self,
+        group: str,
+        subject: str,
+        operation: str,
+        param: int,
+        metric: str,
+        unit: str,
+        better: str,
+        samples: Samples | None = None,
+        *,
+        value: float = 0.0,
+        transform: Callable[[float], float] = float,
+        baseline: BenchRow | None = None,
+        status: str = "ok",
+        reason: str = "",
+    ) -> BenchRow:
+        if samples is not None:
+            stats = {
+                q: transform(samples.quantile(x))
+                for q, x in (
+                    ("value", 0.5),
+                    ("p99", 0.99),
+                    ("q1", 0.25),
+                    ("q3", 0.75),
+                    ("min", 0.0),
+                    ("max", 1.0),
+                )
+            }
+            if better == "higher":  # a throughput's p99 is its slow tail: swap the ends
+                stats["p99"] = transform(samples.quantile(0.01))
+                stats["q1"], stats["q3"] = stats["q3"], stats["q1"]
+                stats["min"], stats["max"] = stats["max"], stats["min"]
+            n, inner = len(samples.seconds), samples.inner
+        else:
+            stats = dict.fromkeys(("value", "p99", "q1", "q3", "min", "max"), value)
+            n, inner = (1 if status == "ok" else 0), 1
+        row = BenchRow(
+            **self.base,
+            profile=self.profile.name,
+            group=group,
+            subject=subject,
+            operation=operation,
+            param=param,
+            metric=metric,
+            unit=unit,
+            better=better,
+            samples=n,
+            inner=inner,
+            **stats,
+            baseline=baseline.subject if baseline else "",
+            baseline_value=baseline.value if baseline else 0.0,
+            ratio=round(stats["value"] / baseline.value, 4) if baseline and baseline.value else 0.0,
+            goal="",
+            meets_goal="",
+            status=status,
+            reason=reason,
+        )
+        self._check_goals(row)
+        self.writer.add(row)
+        self.rows.append(row)
+        return row
+
+    @staticmethod
+    def _check_goals(row: BenchRow) -> None:
+        if row.status != "ok":
+            return
+        for applies, text, bound in GOALS:
+            if applies(row):
+                ok = row.ratio >= bound if row.better == "higher" else row.ratio <= bound
+                row.goal, row.meets_goal = text, "yes" if ok else "no"
+        absolute = ABSOLUTE_GOALS.get((row.group, row.subject))
+        if absolute:
+            row.goal, row.meets_goal = absolute[0], "yes" if row.value >= absolute[1] else "no"
+
+    # -- latency -----------------------------------------------------------------------
+    def latency(self, designs: Sequence[str]) -> None:
+        p = self.profile
+        secret = os.urandom(SECRET_BYTES)
+        encrypt, decrypt = aesgcm_ops(secret)
+        self.progress("latency: baselines")
+        base_seal = self.emit(
+            "latency",
+            "aes-gcm",
+            "seal",
+            SECRET_BYTES,
+            "latency",
+            "s",
+            "lower",
+            measure(encrypt, samples=p.latency_samples),
+        )
+        base_reveal = self.emit(
+            "latency",
+            "aes-gcm",
+            "reveal",
+            SECRET_BYTES,
+            "latency",
+            "s",
+            "lower",
+            measure(decrypt, samples=p.latency_samples),
+        )
+        with echo_peer() as sock:
+            echo = self.emit(
+                "latency",
+                "unix-echo",
+                "round-trip",
+                SECRET_BYTES,
+                "latency",
+                "s",
+                "lower",
+                measure(echo_op(sock, secret), samples=p.latency_samples),
+            )
+        for name in designs:
+            self.progress(f"latency: {name}")
+            with open_design(name) as protector:
+                staging = bytearray(SECRET_BYTES)
+
+                def seal(protector: Any = protector, staging: bytearray = staging) -> None:
+                    staging[:] = secret
+                    protector.seal_buffer(staging).destroy()
+
+                sealed = protector.seal_buffer(bytearray(secret))
+
+                def reveal(sealed: Any = sealed) -> None:
+                    with sealed.reveal():
+                        pass
+
+                self.emit(
+                    "latency",
+                    name,
+                    "seal",
+                    SECRET_BYTES,
+                    "latency",
+                    "s",
+                    "lower",
+                    measure(seal, samples=p.latency_samples),
+                    baseline=base_seal,
+                )
+                # out-of-process designs compare to the echo, in-process ones to aes-gcm
+                reveal_base = echo if DESIGNS[name].out_of_process else base_reveal
+                self.emit(
+                    "latency",
+                    name,
+                    "reveal",
+                    SECRET_BYTES,
+                    "latency",
+                    "s",
+                    "lower",
+                    measure(reveal, samples=p.latency_samples),
+                    baseline=reveal_base,
+                )
+
+    # -- throughput --------------------------------------------------------------------
+    def throughput(self, designs: Sequence[str]) -> None:
+        p = self.profile
+        for size in p.payloads:
+            payload = os.urandom(size)
+            per_second = _per_second(size)
+            self.progress(f"throughput {_size(size)}: baselines")
+
+            def run(op: Callable[[], object]) -> Samples:
+                return measure(
+                    op, samples=p.throughput_samples, warmup=2, min_sample_s=p.min_sample_s
+                )
+
+            encrypt, decrypt = aesgcm_ops(payload)
+            ceiling = {
+                "encrypt": self.emit(
+                    "throughput",
+                    "aes-gcm",
+                    "encrypt",
+                    size,
+                    "throughput",
+                    "B/s",
+                    "higher",
+                    run(encrypt),
+                    transform=per_second,
+                ),
+                "decrypt": self.emit(
+                    "throughput",
+                    "aes-gcm",
+                    "decrypt",
+                    size,
+                    "throughput",
+                    "B/s",
+                    "higher",
+                    run(decrypt),
+                    transform=per_second,
+                ),
+            }
+            self.emit(
+                "throughput",
+                "memcpy",
+                "copy",
+                size,
+                "throughput",
+                "B/s",
+                "higher",
+                run(memcpy_op(payload)),
+                transform=per_second,
+            )
+            if size <= ECHO_MAX_PAYLOAD:
+                with echo_peer() as sock:
+                    self.emit(
+                        "throughput",
+                        "unix-echo",
+                        "round-trip",
+                        size,
+                        "throughput",
+                        "B/s",
+                        "higher",
+                        run(echo_op(sock, payload)),
+                        transform=per_second,
+                    )
+            for name in designs:
+                self.progress(f"throughput {_size(size)}: {name}")
+                with open_design(name) as protector:
+                    blob = protector.encrypt(payload)
+                    ops = {
+                        "encrypt": lambda pr=protector, data=payload: pr.encrypt(data),
+                        "decrypt": lambda pr=protector, data=blob: pr.decrypt(data),
+                    }
+                    for operation, op in ops.items():
+                        self.emit(
+                            "throughput",
+                            name,
+                            operation,
+                            size,
+                            "throughput",
+                            "B/s",
+                            "higher",
+                            run(op),
+                            transform=per_second,
+                            baseline=ceiling[operation],
+                        )
+
+    # -- scale -------------------------------------------------------------------------
+    def scale(self, designs: Sequence[str]) -> None:
+        for name in designs:
+            for count in self.profile.secrets_held:
+                self.progress(f"scale: {name} holding {count:,} secrets")
+                try:
+                    held = _hold_secrets(name, count)
+                except subprocess.CalledProcessError as exc:
+                    self.emit(
+                        "scale",
+                        name,
+                        "hold",
+                        count,
+                        "rss",
+                        "B",
+                        "lower",
+                        status="error",
+                        reason=f"holder failed: {exc.stderr[-300:]}",
+                    )
+                    continue
+                self.emit("scale", name, "hold", count, "rss", "B", "lower", value=held["rss"])
+                self.emit(
+                    "scale",
+                    name,
+                    "hold",
+                    count,
+                    "rss_per_secret",
+                    "B",
+                    "lower",
+                    value=held["grown"] / count,
+                )
+                self.emit(
+                    "scale", name, "hold", count, "locked", "B", "lower", value=held["locked"]
+                )
+                self.emit(
+                    "scale", name, "hold", count, "mappings", "count", "lower", value=held["maps"]
+                )
+                self.emit(
+                    "scale",
+                    name,
+                    "seal",
+                    count,
+                    "seal_time_per_secret",
+                    "s",
+                    "lower",
+                    value=held["seal_s"] / count,
+                )
+
+    def concurrency(self) -> None:
+        self.emit(
+            "concurrency",
+            "(none)",
+            "clients",
+            0,
+            "throughput",
+            "B/s",
+            "higher",
+            status="skipped",
+            reason="no design is shared between processes yet; the broker will be",
+        )
+
+    # -- scanners and attacks ------------------------------------------------------------
+    def scanners(self) -> None:
+        from attacks.scan import Scanner
+        from attacks.sources import Chunk, Region
+
+        from ..lab.matrix import LabSecrets
+
+        truth = LabSecrets.generate("unicode")
+        needles = truth.needle_set()
+        p = self.profile
+        for engine, size in (
+            ("hyperscan", p.scanner_image_bytes),
+            ("python", p.reference_engine_bytes),
+        ):
+            self.progress(f"scanner: needles/{engine} over {_size(size)}")
+            image = memoryview(bytearray(os.urandom(size)))
+            region = Region(0, size)
+            scanner = Scanner(needles, engine=engine)
+
+            def scan(
+                scanner: Scanner = scanner, image: memoryview = image, region: Region = region
+            ) -> None:
+                chunks = (
+                    Chunk(region, i, image[i : i + 16 * MIB])
+                    for i in range(0, len(image), 16 * MIB)
+                )
+                scanner.scan_chunks(chunks, [region])
+
+            self.emit(
+                "scanner",
+                f"needles/{engine}",
+                "scan",
+                size,
+                "throughput",
+                "B/s",
+                "higher",
+                measure(scan, samples=3, warmup=1),
+                transform=_per_second(size),
+                reason=f"{len(needles.patterns)} patterns: plaintext, key, decoy; "
+                "7 encodings, full and 16-byte fragments",
+            )
+        self.emit(
+            "scanner",
+            "aes-key-schedule",
+            "scan",
+            0,
+            "throughput",
+            "B/s",
+            "higher",
+            status="skipped",
+            reason="the key-schedule scanner is not built yet",
+        )
+        truth.wipe()
+
+    def attacks(self, attacks: Sequence[str]) -> None:
+        from attacks import ATTACKS
+        from attacks.scan import Scanner
+
+        from ..lab.matrix import LabSecrets, Victim
+
+        truth = LabSecrets.generate("unicode")
+        scanner = Scanner(truth.needle_set())
+        mib = self.profile.attack_victim_mib
+        self.progress(f"attacks: starting a {mib} MiB victim")
+        with Victim("plain", ballast_mib=mib) as victim:
+            victim.load(truth.plaintext, truth.key)
+            for name in attacks:
+                self.progress(f"attacks: {name} on a {mib} MiB victim")
+                outcome = ATTACKS[name]().run(victim.pid, scanner)
+                status = "ok" if outcome.status == "ok" else outcome.status
+                self.emit(
+                    "attack",
+                    name,
+                    "acquire+scan",
+                    outcome.stats.bytes_read,
+                    "wall",
+                    "s",
+                    "lower",
+                    value=outcome.duration_s,
+                    status=status,
+                    reason=outcome.reason or f"victim of {mib} MiB ballast, plain design",
+                )
+        truth.wipe()
+
+
+def _per_second(size: int) -> Callable[[float], float]:
+    return lambda seconds: size / seconds if seconds else 0.0
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("MiB", MIB), ("KiB", KIB)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+_HOLDER = """
+import json, os, sys, time
+from memcryptor_lab import open_design
+name, count = sys.argv[1], int(sys.argv[2])
+protector = open_design(name)
+staging = bytearray(32)
+held = []
+
+def status():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+    return lambda key: int(fields[key].split()[0]) * 1024
+
+rss_before = status()("VmRSS")
+started = time.perf_counter()
+for _ in range(count):
+    staging[:] = os.urandom(32)
+    held.append(protector.seal_buffer(staging))
+elapsed = time.perf_counter() - started
+after = status()
+maps = sum(1 for _ in open("/proc/self/maps"))
+print(json.dumps({"rss": after("VmRSS"), "grown": after("VmRSS") - rss_before,
+                  "locked": after("VmLck"), "maps": maps, "seal_s": elapsed}))
+"""
+
+
+def _hold_secrets(design: str, count: int) -> dict[str, float]:
+    """A fresh process seals `count` secrets and reports what it costs."""
+    out = subprocess.run(
+        [sys.executable, "-c", _HOLDER, design, str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def run_bench(
+    out: str | os.PathLike[str],
+    profile: str = "quick",
+    *,
+    designs: Sequence[str] | None = None,
+    run_dir: Path | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[Path, list[BenchRow]]:
+    """Run a bench profile; write `bench.csv` into `run_dir` (or a new run folder)."""
+    from attacks import ATTACKS
+
+    chosen = PROFILES[profile]
+    designs = list(designs or [n for n, c in DESIGNS.items() if c.supported() is None])
+    if run_dir is None:
+        run_dir = Path(out) / new_run_id()
+        run_dir.mkdir(parents=True)
+    run_id = run_dir.name
+    facts = host_facts()
+    base = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "host": facts["host"],
+        "kernel": facts["kernel"],
+        "lab_version": __version__,
+    }
+    started = time.time()
+    write_meta(
+        run_dir,
+        {
+            "run_id": run_id,
+            "host_facts": facts,
+            "package_versions": package_versions(),
+            "bench": {"profile": profile, "status": "running", "designs": designs},
+        },
+    )
+    writer = TableWriter(run_dir / BENCH_FILE, BenchRow)
+    bench = _Bench(chosen, writer, base, progress)
+    status = "failed"
+    try:
+        bench.latency(designs)
+        bench.throughput(designs)
+        bench.scale(designs)
+        bench.concurrency()
+        bench.scanners()
+        bench.attacks(list(ATTACKS))
+        status = "complete"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        writer.close()
+        write_meta(
+            run_dir,
+            {
+                "bench": {
+                    "profile": profile,
+                    "status": status,
+                    "designs": designs,
+                    "rows": writer.count,
+                    "duration_s": round(time.time() - started, 2),
+                }
+            },
+        )
+    return run_dir, bench.rows

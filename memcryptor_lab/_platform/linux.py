@@ -1,15 +1,36 @@
-"""Linux system calls through libc (ctypes): prctl and getrandom."""
+"""Linux system calls through libc (ctypes): memory mapping and locking, memfd_secret, prctl,
+getrandom, the kernel keyring, and SHA-512 from libcrypto straight into a caller's buffer."""
 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
+import errno
 import os
+import resource
 import signal
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+for _name in ("munmap", "mprotect", "mlock", "munlock", "madvise"):
+    getattr(_libc, _name).argtypes = [ctypes.c_void_p, ctypes.c_size_t] + (
+        [ctypes.c_int] if _name in ("mprotect", "madvise") else [])
+_libc.syscall.restype = ctypes.c_long
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
+PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
+MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS = 0x01, 0x02, 0x20
+MAP_FAILED = ctypes.c_void_p(-1).value
+MADV_DONTDUMP = 16
+MADV_WIPEONFORK = 18
+SYS_MEMFD_SECRET = 447
+SYS_ADD_KEY = 248
+SYS_KEYCTL = 250
+KEYCTL_REVOKE, KEYCTL_UNLINK, KEYCTL_READ, KEYCTL_INVALIDATE = 3, 9, 11, 21
+KEY_SPEC_PROCESS_KEYRING = -2
 
 
 def _check(result: int, what: str) -> int:
@@ -42,3 +63,134 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 def set_dumpable(dumpable: bool) -> None:
     """PR_SET_DUMPABLE: 0 makes /proc/PID root-owned, refuses same-uid ptrace, no cores."""
     _check(_libc.prctl(PR_SET_DUMPABLE, int(dumpable), 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+
+
+def disable_core_dumps() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+# -- memory ---------------------------------------------------------------------------------
+def map_anonymous(size: int) -> int:
+    """A private anonymous mapping, PROT_NONE (callers open what they use)."""
+    addr = _libc.mmap(None, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if addr in (None, MAP_FAILED):
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap({size}): {os.strerror(err)}")
+    return int(addr)
+
+
+def map_fd_shared(fd: int, size: int) -> int:
+    addr = _libc.mmap(None, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+    if addr in (None, MAP_FAILED):
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap(fd {fd}, {size}): {os.strerror(err)}")
+    return int(addr)
+
+
+def unmap(addr: int, size: int) -> None:
+    _check(_libc.munmap(addr, size), "munmap")
+
+
+def protect(addr: int, size: int, writable: bool) -> None:
+    prot = PROT_READ | PROT_WRITE if writable else PROT_NONE
+    _check(_libc.mprotect(addr, size, prot), "mprotect")
+
+
+def lock(addr: int, size: int) -> None:
+    _check(_libc.mlock(addr, size), "mlock")
+
+
+def unlock(addr: int, size: int) -> None:
+    _check(_libc.munlock(addr, size), "munlock")
+
+
+def advise(addr: int, size: int, advice: int) -> None:
+    _check(_libc.madvise(addr, size, advice), f"madvise({advice})")
+
+
+def memfd_secret() -> int:
+    """A memfd_secret descriptor; OSError(ENOSYS) where the kernel lacks it."""
+    fd = _libc.syscall(SYS_MEMFD_SECRET, 0)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"memfd_secret: {os.strerror(err)}")
+    return int(fd)
+
+
+def memlock_limit() -> tuple[int, int]:
+    return resource.getrlimit(resource.RLIMIT_MEMLOCK)
+
+
+def can_lock_unlimited() -> bool:
+    """CAP_IPC_LOCK (root, usually) ignores RLIMIT_MEMLOCK."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << 14))
+    except OSError:
+        pass
+    return False
+
+
+# -- kernel keyring -------------------------------------------------------------------------
+def add_user_key(description: bytes, payload_addr: int, length: int,
+                 keyring: int = KEY_SPEC_PROCESS_KEYRING) -> int:
+    serial = _libc.syscall(SYS_ADD_KEY, ctypes.c_char_p(b"user"), ctypes.c_char_p(description),
+                           ctypes.c_void_p(payload_addr), ctypes.c_size_t(length),
+                           ctypes.c_int(keyring))
+    if serial < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"add_key: {os.strerror(err)}")
+    return int(serial)
+
+
+def read_key(serial: int, addr: int, length: int) -> int:
+    n = _libc.syscall(SYS_KEYCTL, ctypes.c_int(KEYCTL_READ), ctypes.c_int(serial),
+                      ctypes.c_void_p(addr), ctypes.c_size_t(length))
+    if n < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"keyctl(READ, {serial}): {os.strerror(err)}")
+    return int(n)
+
+
+def invalidate_key(serial: int) -> None:
+    if _libc.syscall(SYS_KEYCTL, ctypes.c_int(KEYCTL_INVALIDATE), ctypes.c_int(serial)) < 0:
+        err = ctypes.get_errno()
+        if err not in (errno.ENOKEY, errno.EKEYREVOKED):
+            raise OSError(err, f"keyctl(INVALIDATE, {serial}): {os.strerror(err)}")
+
+
+def af_alg_available() -> bool:
+    """Whether the kernel offers AF_ALG (crypto with a keyring key inside the kernel)."""
+    import socket
+
+    try:
+        sock = socket.socket(38, socket.SOCK_SEQPACKET, 0)  # AF_ALG
+    except OSError:
+        return False
+    sock.close()
+    return True
+
+
+# -- SHA-512 into a caller's buffer ---------------------------------------------------------
+_crypto_name = ctypes.util.find_library("crypto")
+_libcrypto = ctypes.CDLL(_crypto_name) if _crypto_name else None
+if _libcrypto is not None:
+    _libcrypto.EVP_sha512.restype = ctypes.c_void_p
+    _libcrypto.EVP_Digest.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+
+
+def sha512_available() -> str | None:
+    return None if _libcrypto is not None else "libcrypto not found: apt-get install libssl3"
+
+
+def sha512_into(data_addr: int, length: int, out_addr: int) -> None:
+    """SHA-512 of memory at data_addr, written to 64 bytes at out_addr; no Python object
+    ever holds the digest (hashlib would return an unwipeable `bytes`)."""
+    if _libcrypto is None:
+        raise OSError(errno.ENOSYS, sha512_available())
+    if not _libcrypto.EVP_Digest(data_addr, length, out_addr, None, _libcrypto.EVP_sha512(),
+                                 None):
+        raise OSError(errno.EIO, "EVP_Digest(SHA-512) failed")

@@ -9,6 +9,8 @@ from ._base import BLOCKED, ERROR, Attack, AttackOutcome
 from .scan import Scanner
 from .sources import ProcessGoneError, ProcMemSource
 
+KERNEL_PAGES = frozenset({"[vvar]", "[vvar_vclock]", "[vsyscall]"})
+
 
 class ProcMem(Attack):
     name = "proc-mem"
@@ -38,3 +40,16 @@ class ProcMem(Attack):
         if source.stats.bytes_read == 0:
             outcome.status = BLOCKED
             outcome.reason = f"no byte readable ({source.stats.errors_text() or 'empty'})"
+            return
+        # The kernel's own pages ([vvar], [vsyscall]) refuse every reader. Any other region
+        # that refuses (memfd_secret does) is the target defending itself: blocked, with
+        # the hits in what was readable still counted.
+        refused = [(r, n) for r, n in source.stats.refused if r.name not in KERNEL_PAGES]
+        if refused:
+            outcome.status = BLOCKED
+            total = sum(n for _, n in refused)
+            names = ", ".join(sorted({r.describe() for r, _ in refused})[:3])
+            outcome.reason = (
+                f"{len(refused)} region(s), {total} bytes refused reads "
+                f"({source.stats.errors_text()}): {names}; the rest was scanned"
+            )

@@ -6,10 +6,13 @@ The public API is what `__all__` lists; every other module is private.
 from __future__ import annotations
 
 from ._errors import (
+    CanaryError,
     DesignUnsupportedError,
     InputError,
     MalformedBlobError,
     MemcryptorError,
+    MemlockError,
+    ProtectionError,
     SecretDestroyedError,
     TamperedError,
 )
@@ -22,10 +25,13 @@ __version__ = "0.1.0"
 __all__ = [
     "DESIGNS",
     "KEY_BYTES",
+    "CanaryError",
     "DesignUnsupportedError",
     "InputError",
     "MalformedBlobError",
     "MemcryptorError",
+    "MemlockError",
+    "ProtectionError",
     "Protector",
     "Sealed",
     "SecretDestroyedError",

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 __all__ = [
+    "CanaryError",
     "DesignUnsupportedError",
     "InputError",
     "MalformedBlobError",
     "MemcryptorError",
+    "MemlockError",
+    "ProtectionError",
     "SecretDestroyedError",
     "TamperedError",
 ]
@@ -37,3 +40,16 @@ class MalformedBlobError(MemcryptorError, ValueError):
 
 class SecretDestroyedError(MemcryptorError):
     """The sealed secret was destroyed; it can no longer be revealed."""
+
+
+class ProtectionError(MemcryptorError):
+    """The kernel refused a memory protection (madvise, mprotect); nothing was downgraded."""
+
+
+class MemlockError(ProtectionError):
+    """mlock was refused, usually because RLIMIT_MEMLOCK is exhausted; the message gives the
+    limit and how to raise it. Nothing was downgraded."""
+
+
+class CanaryError(MemcryptorError):
+    """A canary next to a secret was overwritten: memory corruption in this process."""

@@ -17,7 +17,7 @@ import struct
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import ClassVar
 
 from cryptography.exceptions import InvalidTag
@@ -41,6 +41,8 @@ BLOB_OVERHEAD = _HEADER.size + TAG_BYTES
 class Sealed(ABC):
     """A secret held by a design. Reveal it only for as long as it is used."""
 
+    __slots__ = ("__weakref__", "_destroyed", "_length")
+
     def __init__(self, length: int) -> None:
         self._length = length
         self._destroyed = False
@@ -60,13 +62,12 @@ class Sealed(ABC):
     def reveal(self) -> Iterator[memoryview]:
         """Yield a read-only view of the plaintext; wiped and released when the block ends."""
         self._check_alive()
-        plaintext = self._open()
-        view = memoryview(plaintext).toreadonly()
-        try:
-            yield view
-        finally:
-            view.release()
-            self._close_plaintext(plaintext)
+        with self._revealed() as plaintext:
+            view = memoryview(plaintext).cast("B").toreadonly()
+            try:
+                yield view
+            finally:
+                view.release()
 
     def destroy(self) -> None:
         """Wipe what this design holds of the secret. Idempotent."""
@@ -75,12 +76,8 @@ class Sealed(ABC):
             self._wipe_storage()
 
     @abstractmethod
-    def _open(self) -> bytearray | bytes:
-        """Return the plaintext in a buffer the design controls."""
-
-    def _close_plaintext(self, plaintext: bytearray | bytes) -> None:
-        if isinstance(plaintext, bytearray):
-            wipe(plaintext)
+    def _revealed(self) -> AbstractContextManager[bytes | bytearray | memoryview]:
+        """The plaintext in a buffer the design controls, wiped when the context ends."""
 
     @abstractmethod
     def _wipe_storage(self) -> None: ...
@@ -110,14 +107,18 @@ class Protector(ABC):
         self._closed = False
         self._load_key(key_fd, key_buffer)
 
+    def notes(self) -> str:
+        """What this protector really has here (backing, downgrades, crypto path), for rows."""
+        return ""
+
     # -- key -------------------------------------------------------------------------
     @abstractmethod
     def _load_key(self, key_fd: int | None, key_buffer: bytearray | memoryview | None) -> None:
         """Take the bulk key from a descriptor, a (then wiped) buffer, or make a fresh one."""
 
     @abstractmethod
-    def _aead(self) -> AESGCM:
-        """The AEAD under the bulk key, for one operation."""
+    def _cipher(self) -> AbstractContextManager[AESGCM]:
+        """The AEAD under the bulk key, for one operation (designs may rebuild and drop it)."""
 
     @abstractmethod
     def _wipe_key(self) -> None: ...
@@ -165,8 +166,8 @@ class Protector(ABC):
         header = _HEADER.pack(_MAGIC, _VERSION, nonce)
         out = bytearray(len(header) + len(src) + TAG_BYTES)
         out[: len(header)] = header
-        with memoryview(out) as body:
-            self._aead().encrypt_into(nonce, src, header + aad, body[len(header) :])
+        with memoryview(out) as body, self._cipher() as aead:
+            aead.encrypt_into(nonce, src, header + aad, body[len(header) :])
         return out
 
     def decrypt(self, blob: bytes | bytearray | memoryview, aad: bytes = b"") -> bytearray:
@@ -184,9 +185,8 @@ class Protector(ABC):
             raise MalformedBlobError(f"blob version {version} is not supported (expected 1)")
         out = bytearray(len(src) - BLOB_OVERHEAD)
         try:
-            self._aead().decrypt_into(
-                nonce, src[_HEADER.size :], bytes(src[: _HEADER.size]) + aad, out
-            )
+            with self._cipher() as aead:
+                aead.decrypt_into(nonce, src[_HEADER.size :], bytes(src[: _HEADER.size]) + aad, out)
         except InvalidTag:
             wipe(out)
             raise TamperedError(
@@ -204,10 +204,16 @@ class Protector(ABC):
         if self._closed:
             return
         self._closed = True
+        failure: BaseException | None = None
         for sealed in list(self._sealed):
-            sealed.destroy()
+            try:
+                sealed.destroy()
+            except Exception as exc:  # wipe everything else first, then report
+                failure = failure or exc
         self._sealed.clear()
         self._wipe_key()
+        if failure is not None:
+            raise failure
 
     def __enter__(self) -> Protector:
         return self

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._errors import DesignUnsupportedError
 from ._protector import Protector
+from .designs.hardened import Hardened, Keyring, SecretMem
 from .designs.inproc_aead import InprocAead
 from .designs.plain import Plain
 
-DESIGNS: dict[str, type[Protector]] = {cls.name: cls for cls in (Plain, InprocAead)}
+DESIGNS: dict[str, type[Protector]] = {
+    cls.name: cls for cls in (Plain, InprocAead, Hardened, SecretMem, Keyring)
+}
 
 
 def open_design(
-    name: str, *, key_fd: int | None = None, key_buffer: bytearray | memoryview | None = None
+    name: str,
+    *,
+    key_fd: int | None = None,
+    key_buffer: bytearray | memoryview | None = None,
+    **options: Any,
 ) -> Protector:
-    """Create a protector of the named design, or raise a named error saying why not."""
+    """Create a protector of the named design, or raise a named error saying why not.
+
+    `options` go to the design: the arena designs take `allow_downgrade` (a set of
+    'mlock', 'dontdump', 'wipeonfork') and `harden_process`.
+    """
     try:
         cls = DESIGNS[name]
     except KeyError:
@@ -23,4 +36,4 @@ def open_design(
     reason = cls.supported()
     if reason is not None:
         raise DesignUnsupportedError(f"design {name!r} cannot run here: {reason}")
-    return cls(key_fd=key_fd, key_buffer=key_buffer)
+    return cls(key_fd=key_fd, key_buffer=key_buffer, **options)

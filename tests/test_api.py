@@ -12,6 +12,9 @@ import memcryptor_lab as mc
 PINNED_API = {
     "DESIGNS",
     "KEY_BYTES",
+    "CanaryError",
+    "MemlockError",
+    "ProtectionError",
     "DesignUnsupportedError",
     "InputError",
     "MalformedBlobError",
@@ -33,7 +36,7 @@ def test_public_api_is_pinned() -> None:
 
 
 def test_registry_names_match_and_designs_run_here() -> None:
-    assert DESIGN_NAMES == ["plain", "inproc-aead"]
+    assert DESIGN_NAMES == ["plain", "inproc-aead", "hardened", "secretmem", "keyring"]
     for name, cls in mc.DESIGNS.items():
         assert cls.name == name
         assert cls.supported() is None

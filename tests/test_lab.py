@@ -52,7 +52,7 @@ def test_schema_and_metadata(run) -> None:
     meta = frame.attrs["meta"]
     assert meta["status"] == "complete" and meta["scan_engine"] == "hyperscan"
     assert meta["host_facts"]["kernel"] == os.uname().release
-    assert set(frame.design) == {"plain", "inproc-aead"}
+    assert set(frame.design) == {"plain", "inproc-aead", "hardened", "secretmem", "keyring"}
     assert set(frame.phase) == {"at-rest", "in-use", "released"}
     assert set(frame.victim) == {"subject", "control"}
     assert (frame.bytes_scanned > 0).all()
@@ -87,6 +87,44 @@ def test_inproc_aead_wipes_the_plaintext_it_revealed(run) -> None:
         )
         == 0
     )
+
+
+@pytest.mark.parametrize("design", ["hardened", "secretmem", "keyring"])
+def test_hardened_designs_hold_no_plaintext_and_no_raw_key_at_rest(run, design: str) -> None:
+    _, _, frame = run
+    at_rest = dict(design=design, victim="subject", phase="at-rest")
+    cells = frame[
+        (frame.design == design)
+        & (frame.victim == "subject")
+        & (frame.phase == "at-rest")
+        & frame.status.isin(["ok", "blocked"])
+    ]
+    assert len(cells) > 0
+    assert int(cells.copies.sum()) == 0, cells[cells.copies > 0][["needle_kind", "encoding"]]
+    assert _copies(frame, **at_rest, needle_kind="key") == 0
+    released = frame[
+        (frame.design == design)
+        & (frame.victim == "subject")
+        & (frame.phase == "released")
+        & (frame.needle_kind == "plaintext")
+    ]
+    assert int(released.copies.sum()) == 0
+    notes = set(frame[frame.design == design].design_notes)
+    assert all("PR_SET_DUMPABLE=0" in n and "downgrades=none" in n for n in notes)
+
+
+def test_secretmem_reads_are_reported_blocked_not_zero(run) -> None:
+    _, _, frame = run
+    rows = frame[(frame.design == "secretmem") & ~frame.status.isin(["n/a", "alias"])]
+    assert set(rows.status) == {"blocked"}
+    assert rows.reason.str.contains("refused reads").all()
+    assert (frame[frame.design == "plain"].status.isin(["ok", "n/a", "alias"])).all()
+
+
+def test_keyring_reports_which_crypto_path_ran(run) -> None:
+    _, _, frame = run
+    notes = frame[frame.design == "keyring"].design_notes
+    assert notes.str.contains("crypto=userspace").all()
 
 
 def test_decoy_and_control_victim_show_nothing(run) -> None:

@@ -32,6 +32,8 @@ class ReadStats:
     bytes_read: int = 0
     bytes_unreadable: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    # regions that refused some or all of their bytes: (region, bytes refused)
+    refused: list[tuple[Region, int]] = field(default_factory=list)
 
     def record_error(self, err: int, nbytes: int) -> None:
         self.errors[errno.errorcode.get(err, str(err))] += 1

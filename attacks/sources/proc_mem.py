@@ -53,6 +53,8 @@ class ProcMemSource:
                 before = self._stats.bytes_read
                 yield from self._read_region(fd, region, view)
                 got = self._stats.bytes_read - before
+                if got < region.size:
+                    self._stats.refused.append((region, region.size - got))
                 if got == 0:
                     self._stats.regions_unreadable += 1
                 elif got < region.size:

@@ -12,18 +12,26 @@ import signal
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_long]
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
 for _name in ("munmap", "mprotect", "mlock", "munlock", "madvise"):
     getattr(_libc, _name).argtypes = [ctypes.c_void_p, ctypes.c_size_t] + (
-        [ctypes.c_int] if _name in ("mprotect", "madvise") else [])
+        [ctypes.c_int] if _name in ("mprotect", "madvise") else []
+    )
 _libc.syscall.restype = ctypes.c_long
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
-MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS = 0x01, 0x02, 0x20
+MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
 MAP_FAILED = ctypes.c_void_p(-1).value
+MADV_DONTFORK = 10
 MADV_DONTDUMP = 16
 MADV_WIPEONFORK = 18
 SYS_MEMFD_SECRET = 447
@@ -79,12 +87,12 @@ def map_anonymous(size: int) -> int:
     return int(addr)
 
 
-def map_fd_shared(fd: int, size: int) -> int:
-    addr = _libc.mmap(None, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-    if addr in (None, MAP_FAILED):
+def map_secretmem_fixed(fd: int, addr: int, size: int) -> None:
+    """Map a memfd_secret over [addr, addr+size) of a reservation made by map_anonymous."""
+    got = _libc.mmap(addr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0)
+    if got in (None, MAP_FAILED):
         err = ctypes.get_errno()
-        raise OSError(err, f"mmap(fd {fd}, {size}): {os.strerror(err)}")
-    return int(addr)
+        raise OSError(err, f"mmap(memfd_secret {fd}, {size}): {os.strerror(err)}")
 
 
 def unmap(addr: int, size: int) -> None:
@@ -134,11 +142,37 @@ def can_lock_unlimited() -> bool:
 
 
 # -- kernel keyring -------------------------------------------------------------------------
-def add_user_key(description: bytes, payload_addr: int, length: int,
-                 keyring: int = KEY_SPEC_PROCESS_KEYRING) -> int:
-    serial = _libc.syscall(SYS_ADD_KEY, ctypes.c_char_p(b"user"), ctypes.c_char_p(description),
-                           ctypes.c_void_p(payload_addr), ctypes.c_size_t(length),
-                           ctypes.c_int(keyring))
+KEYCTL_GET_KEYRING_ID = 0
+
+
+def keyring_available() -> str | None:
+    """None if this process can have a keyring, else why not."""
+    ring = _libc.syscall(
+        SYS_KEYCTL,
+        ctypes.c_int(KEYCTL_GET_KEYRING_ID),
+        ctypes.c_int(KEY_SPEC_PROCESS_KEYRING),
+        ctypes.c_int(1),
+    )
+    if ring < 0:
+        err = ctypes.get_errno()
+        return (
+            f"kernel keyring unavailable ({os.strerror(err)}): needs CONFIG_KEYS; "
+            "in a container, the seccomp profile may block add_key/keyctl"
+        )
+    return None
+
+
+def add_user_key(
+    description: bytes, payload_addr: int, length: int, keyring: int = KEY_SPEC_PROCESS_KEYRING
+) -> int:
+    serial = _libc.syscall(
+        SYS_ADD_KEY,
+        ctypes.c_char_p(b"user"),
+        ctypes.c_char_p(description),
+        ctypes.c_void_p(payload_addr),
+        ctypes.c_size_t(length),
+        ctypes.c_int(keyring),
+    )
     if serial < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"add_key: {os.strerror(err)}")
@@ -146,8 +180,13 @@ def add_user_key(description: bytes, payload_addr: int, length: int,
 
 
 def read_key(serial: int, addr: int, length: int) -> int:
-    n = _libc.syscall(SYS_KEYCTL, ctypes.c_int(KEYCTL_READ), ctypes.c_int(serial),
-                      ctypes.c_void_p(addr), ctypes.c_size_t(length))
+    n = _libc.syscall(
+        SYS_KEYCTL,
+        ctypes.c_int(KEYCTL_READ),
+        ctypes.c_int(serial),
+        ctypes.c_void_p(addr),
+        ctypes.c_size_t(length),
+    )
     if n < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"keyctl(READ, {serial}): {os.strerror(err)}")
@@ -178,8 +217,14 @@ _crypto_name = ctypes.util.find_library("crypto")
 _libcrypto = ctypes.CDLL(_crypto_name) if _crypto_name else None
 if _libcrypto is not None:
     _libcrypto.EVP_sha512.restype = ctypes.c_void_p
-    _libcrypto.EVP_Digest.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
-                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    _libcrypto.EVP_Digest.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
 
 
 def sha512_available() -> str | None:
@@ -191,6 +236,5 @@ def sha512_into(data_addr: int, length: int, out_addr: int) -> None:
     ever holds the digest (hashlib would return an unwipeable `bytes`)."""
     if _libcrypto is None:
         raise OSError(errno.ENOSYS, sha512_available())
-    if not _libcrypto.EVP_Digest(data_addr, length, out_addr, None, _libcrypto.EVP_sha512(),
-                                 None):
+    if not _libcrypto.EVP_Digest(data_addr, length, out_addr, None, _libcrypto.EVP_sha512(), None):
         raise OSError(errno.EIO, "EVP_Digest(SHA-512) failed")

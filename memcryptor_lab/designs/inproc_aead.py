@@ -8,6 +8,8 @@ exists only in wipeable buffers (readv straight in, decrypt_into straight out).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -27,14 +29,19 @@ class _AeadSealed(Sealed):
         self._nonce = nonce
         self._ciphertext = ciphertext
 
-    def _open(self) -> bytearray:
+    @contextmanager
+    def _revealed(self) -> Iterator[bytearray]:
         plaintext = bytearray(self._length)
         try:
-            self._owner._cipher.decrypt_into(self._nonce, self._ciphertext, _SEALED_AAD, plaintext)
-        except InvalidTag:
+            try:
+                self._owner._aesgcm.decrypt_into(
+                    self._nonce, self._ciphertext, _SEALED_AAD, plaintext
+                )
+            except InvalidTag:
+                raise TamperedError("sealed secret failed authentication") from None
+            yield plaintext
+        finally:
             wipe(plaintext)
-            raise TamperedError("sealed secret failed authentication (memory corrupted?)") from None
-        return plaintext
 
     def _wipe_storage(self) -> None:
         wipe(self._ciphertext)
@@ -48,17 +55,18 @@ class InprocAead(Protector):
     def _load_key(self, key_fd, key_buffer) -> None:  # type: ignore[no-untyped-def]
         self._key = bytearray(KEY_BYTES)
         read_key(key_fd, key_buffer, self._key)
-        self._cipher = AESGCM(self._key)
+        self._aesgcm = AESGCM(self._key)
 
-    def _aead(self) -> AESGCM:
-        return self._cipher
+    @contextmanager
+    def _cipher(self) -> Iterator[AESGCM]:
+        yield self._aesgcm
 
     def _wipe_key(self) -> None:
         wipe(self._key)
-        self._cipher = AESGCM(bytes(KEY_BYTES))  # drop the OpenSSL context holding the schedule
+        self._aesgcm = AESGCM(bytes(KEY_BYTES))  # drop the OpenSSL context holding the schedule
 
     def _seal_view(self, plaintext: memoryview) -> Sealed:
         nonce = os.urandom(NONCE_BYTES)
         ciphertext = bytearray(len(plaintext) + TAG_BYTES)
-        self._cipher.encrypt_into(nonce, plaintext, _SEALED_AAD, ciphertext)
+        self._aesgcm.encrypt_into(nonce, plaintext, _SEALED_AAD, ciphertext)
         return _AeadSealed(self, nonce, ciphertext, len(plaintext))

@@ -9,6 +9,8 @@ wherever CPython and the allocator left them, which is exactly what the lab meas
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -21,9 +23,10 @@ class _PlainSealed(Sealed):
         super().__init__(length)
         self._value: str | bytes | None = value
 
-    def _open(self) -> bytes:
+    @contextmanager
+    def _revealed(self) -> Iterator[bytes]:
         assert self._value is not None
-        return self._value.encode() if isinstance(self._value, str) else self._value
+        yield self._value.encode() if isinstance(self._value, str) else self._value
 
     def _wipe_storage(self) -> None:
         self._value = None  # immutable objects cannot be wiped; the bytes stay until reused
@@ -51,10 +54,11 @@ class Plain(Protector):
         if len(key) != KEY_BYTES:
             raise InputError(f"key must be {KEY_BYTES} bytes (AES-256), got {len(key)}")
         self._key: bytes | None = key
-        self._cipher = AESGCM(key)
+        self._aesgcm = AESGCM(key)
 
-    def _aead(self) -> AESGCM:
-        return self._cipher
+    @contextmanager
+    def _cipher(self) -> Iterator[AESGCM]:
+        yield self._aesgcm
 
     def _wipe_key(self) -> None:
         self._key = None

@@ -131,6 +131,7 @@ class Victim:
             os.close(fd)
         use_victim.close()
         self.pid = self.proc.pid
+        self.notes = ""
         self._expect("started")
 
     def _send(self, **request: Any) -> dict[str, Any]:
@@ -166,7 +167,7 @@ class Victim:
         os.write(self._secret_w, plaintext)
         os.close(self._secret_w)
         self._key_w = self._secret_w = -1
-        self._send(cmd="load", secret_len=len(plaintext))
+        self.notes = str(self._send(cmd="load", secret_len=len(plaintext)).get("notes", ""))
 
     def use(self, plaintext: bytearray) -> None:
         """Enter in-use and check that the victim really used the secret we gave it."""
@@ -312,7 +313,7 @@ def run_matrix(
     }
     writer.write_meta(meta)
 
-    def emit(cell: dict[str, Any], outcome: Any) -> None:
+    def emit(cell: dict[str, Any], outcome: Any, design_notes: str = "") -> None:
         from attacks.scan import reportable_hits, summarize
 
         findings = outcome.findings or summarize(needles, [])
@@ -339,6 +340,7 @@ def run_matrix(
                 duration_s=round(outcome.duration_s, 4),
                 status=status,
                 reason=f.reason or outcome.reason,
+                design_notes=design_notes,
             )
             writer.add(row)
             rows.append(row)
@@ -416,7 +418,7 @@ def _walk_victim(
     attacks: Sequence[str],
     scanner: Any,
     workdir: Path,
-    emit: Callable[[dict[str, Any], Any], None],
+    emit: Callable[..., None],
     progress: ProgressFn | None,
 ) -> None:
     from attacks import ATTACKS
@@ -441,6 +443,7 @@ def _walk_victim(
                     emit(
                         {"design": design, "attack": attack_name, "victim": role, "phase": phase},
                         outcome,
+                        victim.notes,
                     )
     finally:
         if given is not truth:

@@ -59,7 +59,7 @@ def summarize_rows(rows: Iterable[Row]) -> list[dict[str, Any]]:
         if r.status in NOT_A_CELL_STATUS:
             continue
         cell["status"] = cell["status"] or r.status
-        if r.status != "ok" or not r.copies:
+        if r.status not in ("ok", "blocked") or not r.copies:  # blocked: what was readable
             continue
         if r.needle_kind == "decoy":
             cell["decoy"] += r.copies

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: design_notes (backing, process measures, downgrades)
 RESULTS_FILE = "results.csv"
 HITS_FILE = "hits.csv"
 BENCH_FILE = "bench.csv"
@@ -56,6 +56,7 @@ class Row:
     duration_s: float
     status: str  # ok | blocked | skipped | error; n/a, alias: needle form rows
     reason: str
+    design_notes: str  # what the design really had here: backing, downgrades, crypto path
 
 
 @dataclass(slots=True)

@@ -47,7 +47,7 @@ class _Victim:
         os.close(self.secret_fd)
         os.close(self.key_fd)
         self.phase = "at-rest"
-        return {}
+        return {"notes": self.protector.notes()}
 
     def use(self, challenge_hex: str) -> dict[str, Any]:
         assert self.sealed is not None, "load first"
@@ -115,9 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     if os.getppid() == 1:  # the harness died before we asked to die with it
         return 1
-    return serve(
-        _Victim(args.design, args.secret_fd, args.key_fd, args.use_fd), sys.stdin, sys.stdout
-    )
+    victim = _Victim(args.design, args.secret_fd, args.key_fd, args.use_fd, args.ballast_mib)
+    return serve(victim, sys.stdin, sys.stdout)
 
 
 if __name__ == "__main__":

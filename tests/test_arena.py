@@ -17,7 +17,7 @@ from attacks.sources import parse_maps
 from memcryptor_lab._arena import CANARY, Arena
 from memcryptor_lab._platform import native
 
-pytestmark = pytest.mark.skipif(native.sha512_available() is not None, reason="no libcrypto")
+pytestmark = pytest.mark.skipif(native.digest_available() is not None, reason="no libcrypto")
 
 
 def _in_child(body: Callable[[], int]) -> int:
@@ -140,7 +140,9 @@ def test_many_secrets_share_few_mappings_and_little_locked_memory() -> None:
         maps_after = len(Path("/proc/self/maps").read_text().splitlines())
         arena = protector._store
         assert arena.mappings() <= 12
-        assert maps_after - maps_before <= 3 * arena.mappings()
+        # a slab is at most 4 VMAs (guard, locked, not yet locked, guard); the rest is
+        # CPython's own heap growing for 20,000 handles. libsodium would need ~80,000.
+        assert maps_after - maps_before <= 4 * arena.mappings() + 8
         assert arena.locked_bytes() <= 2 * count * 32 + 256 * 1024  # slab growth step slack
         with held[12345].reveal() as view:
             assert bytes(view) == (12345).to_bytes(32, "little")

@@ -83,6 +83,7 @@ def test_scale_rows_report_memory_and_mappings(bench) -> None:
         "locked",
         "mappings",
         "seal_time_per_secret",
+        "locked_per_secret",
     }
     assert (scale[scale.metric == "mappings"].value > 10).all()
 

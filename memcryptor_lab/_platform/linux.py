@@ -212,11 +212,12 @@ def af_alg_available() -> bool:
     return True
 
 
-# -- SHA-512 into a caller's buffer ---------------------------------------------------------
+# -- digests into a caller's buffer -------------------------------------------------------
 _crypto_name = ctypes.util.find_library("crypto")
 _libcrypto = ctypes.CDLL(_crypto_name) if _crypto_name else None
 if _libcrypto is not None:
-    _libcrypto.EVP_sha512.restype = ctypes.c_void_p
+    for _md in ("EVP_sha256", "EVP_sha512"):
+        getattr(_libcrypto, _md).restype = ctypes.c_void_p
     _libcrypto.EVP_Digest.argtypes = [
         ctypes.c_void_p,
         ctypes.c_size_t,
@@ -227,14 +228,15 @@ if _libcrypto is not None:
     ]
 
 
-def sha512_available() -> str | None:
+def digest_available() -> str | None:
     return None if _libcrypto is not None else "libcrypto not found: apt-get install libssl3"
 
 
-def sha512_into(data_addr: int, length: int, out_addr: int) -> None:
-    """SHA-512 of memory at data_addr, written to 64 bytes at out_addr; no Python object
-    ever holds the digest (hashlib would return an unwipeable `bytes`)."""
+def digest_into(algorithm: str, data_addr: int, length: int, out_addr: int) -> None:
+    """`algorithm` ('sha256', 'sha512') of memory at data_addr, written at out_addr. No Python
+    object ever holds the digest (hashlib would return an unwipeable `bytes`)."""
     if _libcrypto is None:
-        raise OSError(errno.ENOSYS, sha512_available())
-    if not _libcrypto.EVP_Digest(data_addr, length, out_addr, None, _libcrypto.EVP_sha512(), None):
-        raise OSError(errno.EIO, "EVP_Digest(SHA-512) failed")
+        raise OSError(errno.ENOSYS, digest_available())
+    md = getattr(_libcrypto, f"EVP_{algorithm}")()
+    if not _libcrypto.EVP_Digest(data_addr, length, out_addr, None, md, None):
+        raise OSError(errno.EIO, f"EVP_Digest({algorithm}) failed")

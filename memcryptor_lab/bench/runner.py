@@ -94,6 +94,11 @@ GOALS: list[tuple[Callable[[BenchRow], bool], str, float]] = [
         0.5,
     ),
     (lambda r: r.subject == "broker" and r.operation == "reveal", "p50 <= 2x unix-echo", 2.0),
+    (
+        lambda r: r.metric == "locked_per_secret" and r.param == 1_000_000 and r.value > 0,
+        "<= 2x the secrets' size, locked",
+        2.0,
+    ),
 ]
 ABSOLUTE_GOALS: dict[tuple[str, str], tuple[str, float]] = {
     ("scanner", "needles/hyperscan"): (">= 1 GB/s on one core", 1e9),
@@ -130,10 +135,12 @@ class _Bench:
         *,
         value: float = 0.0,
         transform: Callable[[float], float] = float,
-        baseline: BenchRow | None = None,
+        baseline: BenchRow | tuple[str, float] | None = None,
         status: str = "ok",
         reason: str = "",
     ) -> BenchRow:
+        if isinstance(baseline, BenchRow):
+            baseline = (baseline.subject, baseline.value)
         if samples is not None:
             stats = {
                 q: transform(samples.quantile(x))
@@ -167,9 +174,9 @@ class _Bench:
             samples=n,
             inner=inner,
             **stats,
-            baseline=baseline.subject if baseline else "",
-            baseline_value=baseline.value if baseline else 0.0,
-            ratio=round(stats["value"] / baseline.value, 4) if baseline and baseline.value else 0.0,
+            baseline=baseline[0] if baseline else "",
+            baseline_value=baseline[1] if baseline else 0.0,
+            ratio=round(stats["value"] / baseline[1], 4) if baseline and baseline[1] else 0.0,
             goal="",
             meets_goal="",
             status=status,
@@ -386,6 +393,17 @@ class _Bench:
                 )
                 self.emit(
                     "scale", name, "hold", count, "locked", "B", "lower", value=held["locked"]
+                )
+                self.emit(
+                    "scale",
+                    name,
+                    "hold",
+                    count,
+                    "locked_per_secret",
+                    "B",
+                    "lower",
+                    value=held["locked"] / count,
+                    baseline=("secret-bytes", SECRET_BYTES),
                 )
                 self.emit(
                     "scale", name, "hold", count, "mappings", "count", "lower", value=held["maps"]

@@ -4,10 +4,12 @@ All three keep each secret encrypted (AES-256-GCM) in a slot of a locked, no-dum
 guard-paged arena, and reveal it into a locked scratch slot that is wiped on exit. They
 differ in where the bulk key rests between operations:
 
-- `hardened`: shielded as OpenSSH shields private keys: encrypted under SHA-512 of a
+- `hardened`: shielded as OpenSSH shields private keys: encrypted under a hash of a
   16 KiB random prekey, all in the arena; unshielded into locked scratch only for an
-  operation. An attacker who reads all memory and knows the scheme still recovers it; a
-  scanner for the raw key, a partial dump or a stray read does not.
+  operation. OpenSSH hashes with SHA-512; we use SHA-256, which this CPU runs with SHA-NI
+  3.5x faster (20 µs against 69 µs per 16 KiB, measured), and every operation pays it.
+  An attacker who reads all memory and knows the scheme still recovers the key; a scanner
+  for the raw key, a partial dump or a stray read does not.
 - `secretmem`: the same, with every arena in `memfd_secret` pages, which the kernel removes
   from its direct map and refuses to /proc/PID/mem, process_vm_readv and ptrace reads.
   Measured here: read/readv/write/getrandom copy to and from those pages fine; only paths
@@ -15,10 +17,10 @@ differ in where the bulk key rests between operations:
 - `keyring`: the key rests in the kernel keyring (this process's keyring) and is read into
   locked scratch only for an operation.
 
-Two arenas: `store` (sealed secrets, prekey, wrapped key) is PROT_NONE between operations;
-`scratch` (staging, digests, key and reveal buffers) holds nothing between operations, is
-zeroed on every free, and stays accessible, because toggling it would double the mprotect
-calls of every operation and protect only zeros.
+Three arenas. `keys` (prekey, wrapped key) and `store` (sealed secrets) are PROT_NONE
+between operations; a bulk encrypt opens only `keys`, so it pays two mprotect calls, not
+four. `scratch` (staging, digest, key and reveal buffers) holds nothing between operations,
+is zeroed after every use, and stays accessible: toggling it would protect only zeros.
 
 For every operation `cryptography` builds OpenSSL contexts from the key in ordinary heap
 memory (the AES-256 key schedule begins with the raw key); they are dropped as soon as the
@@ -106,6 +108,7 @@ class _ArenaProtector(Protector):
             set_dumpable(False)
             native.disable_core_dumps()
             self.process_measures = ["PR_SET_DUMPABLE=0", "RLIMIT_CORE=0"]
+        self._keys = Arena(self.backing, allow_downgrade=allow_downgrade)
         self._store = Arena(self.backing, allow_downgrade=allow_downgrade)
         self._scratch = Arena(self.backing, allow_downgrade=allow_downgrade, guard_idle=False)
         self._prefix = os.urandom(8)  # nonce = prefix || counter: unique under this key
@@ -124,7 +127,8 @@ class _ArenaProtector(Protector):
 
     @property
     def downgrades(self) -> list[str]:
-        return sorted(set(self._store.downgrades + self._scratch.downgrades))
+        arenas = (self._keys, self._store, self._scratch)
+        return sorted({d for arena in arenas for d in arena.downgrades})
 
     def notes(self) -> str:
         parts = [f"backing={self.backing}", *self.process_measures]
@@ -188,8 +192,8 @@ class _ArenaProtector(Protector):
 
     def _wipe_key(self) -> None:
         self._forget_key()
-        self._store.close()
-        self._scratch.close()
+        for arena in (self._keys, self._store, self._scratch):
+            arena.close()
 
     def _forget_key(self) -> None:
         """Subclasses drop what they hold of the key (the arenas are wiped after)."""
@@ -201,34 +205,42 @@ class Hardened(_ArenaProtector):
         "locked no-dump guard-paged arena, secrets encrypted, key shielded under a "
         "16 KiB prekey; non-dumpable process"
     )
-    key_location = "process arena, shielded (encrypted under SHA-512 of a 16 KiB prekey)"
+    key_location = "process arena, shielded (encrypted under SHA-256 of a 16 KiB prekey)"
 
     @classmethod
     def supported(cls) -> str | None:
         if not IS_LINUX:
             return "the arena is implemented for Linux only so far"
-        return native.sha512_available()
+        return native.digest_available()
 
     def _load_key(self, key_fd: int | None, key_buffer: bytearray | memoryview | None) -> None:
-        with self._guard, self._store.open():
-            self._prekey = self._store.alloc(PREKEY_BYTES)
-            self._wrapped = self._store.alloc(KEY_BYTES + TAG_BYTES)
+        with self._guard, self._keys.open():
+            # one slot, one slab: an operation opens the key material with one mprotect
+            self._keyslot = self._keys.alloc(PREKEY_BYTES + KEY_BYTES + TAG_BYTES)
             self._wrap_nonce = os.urandom(12)
-            with self._prekey.view() as prekey:
+            with self._prekey() as prekey:
                 fill_random(prekey)
             with (
                 self._key_staging(key_fd, key_buffer) as key,
                 key.view() as key_view,
                 self._shield() as shield,
-                self._wrapped.view() as wrapped,
+                self._wrapped() as wrapped,
             ):
                 shield.encrypt_into(self._wrap_nonce, key_view, _WRAP_AAD, wrapped)
 
+    def _prekey(self) -> memoryview:
+        with self._keyslot.view() as whole:
+            return whole[:PREKEY_BYTES]
+
+    def _wrapped(self) -> memoryview:
+        with self._keyslot.view() as whole:
+            return whole[PREKEY_BYTES:]
+
     @contextmanager
     def _shield(self) -> Iterator[AESGCM]:
-        """AES-GCM under SHA-512(prekey)[:32], derived into locked scratch and wiped."""
-        with self._store.open(), self._scratch_slot(self._digest_scratch) as digest:
-            native.sha512_into(self._prekey.addr, PREKEY_BYTES, digest.addr)
+        """AES-GCM under SHA-256(prekey), derived into locked scratch and wiped."""
+        with self._keys.open(), self._scratch_slot(self._digest_scratch) as digest:
+            native.digest_into("sha256", self._keyslot.addr, PREKEY_BYTES, digest.addr)
             with digest.view() as view:
                 aead = AESGCM(view[:KEY_BYTES])
             try:
@@ -240,10 +252,10 @@ class Hardened(_ArenaProtector):
     def _cipher(self) -> Iterator[AESGCM]:
         with (
             self._guard,
-            self._store.open(),
+            self._keys.open(),
             self._scratch_slot(self._key_scratch) as key,
             self._shield() as shield,
-            self._wrapped.view() as wrapped,
+            self._wrapped() as wrapped,
             key.view() as key_view,
         ):
             shield.decrypt_into(self._wrap_nonce, wrapped, _WRAP_AAD, key_view)

@@ -83,6 +83,21 @@ def prot_none_holder(marker: bytes) -> Iterator[Holder]:
     _stop(h)
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def memlab(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m memcryptor_lab ARGS` from the checkout, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "memcryptor_lab", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, COLUMNS="200"),
+    )
+
+
 def needs_root() -> pytest.MarkDecorator:
     return pytest.mark.skipif(
         os.geteuid() != 0, reason="reads another process's memory: run as root"

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from conftest import memlab, needs_root
 
 from memcryptor_lab.bench import run_bench
 from memcryptor_lab.bench._timing import Samples, measure
@@ -90,26 +88,17 @@ def test_scale_rows_report_memory_and_mappings(bench) -> None:
 
 @needs_root()
 def test_matrix_and_bench_share_one_run_folder(tmp_path: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "memcryptor_lab",
-            "run",
-            "--out",
-            str(tmp_path),
-            "--quiet",
-            "--designs",
-            "plain",
-            "--phases",
-            "at-rest",
-            "--bench",
-            "smoke",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
+    memlab(
+        "run",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--designs",
+        "plain",
+        "--phases",
+        "at-rest",
+        "--bench",
+        "smoke",
     )
     (run_dir,) = tmp_path.iterdir()
     assert {p.name for p in run_dir.iterdir()} >= {"results.csv", "bench.csv", "meta.json"}

@@ -4,24 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import Holder, needs_root
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def memlab(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "memcryptor_lab", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        env=dict(os.environ, COLUMNS="200"),
-    )
+from conftest import Holder, memlab, needs_root
 
 
 def test_designs_and_attacks_are_listed() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import needs_root
+from conftest import memlab, needs_root
 
 from attacks.scan import FULL, NeedleSet, Scanner, Secret
 from attacks.sources import FileSource
@@ -201,24 +201,8 @@ def test_interrupted_run_leaves_nothing_behind(sig: int, tmp_path: Path) -> None
 
 
 def test_memlab_run_cli_prints_the_table_without_secrets(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "memcryptor_lab",
-            "run",
-            "--out",
-            str(tmp_path),
-            "--quiet",
-            "--designs",
-            "plain",
-            "--phases",
-            "at-rest",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
+    out = memlab(
+        "run", "--out", str(tmp_path), "--quiet", "--designs", "plain", "--phases", "at-rest"
     )
     assert "plain" in out.stdout and "subject" in out.stdout and "control" in out.stdout
     (run_dir,) = tmp_path.iterdir()

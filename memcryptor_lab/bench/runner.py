@@ -17,16 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from .._registry import DESIGNS, open_design
 from ..lab.results import (
     BENCH_FILE,
-    SCHEMA_VERSION,
     BenchRow,
     TableWriter,
     host_facts,
     new_run_id,
     package_versions,
+    row_base,
     write_meta,
 )
 from ._baselines import aesgcm_ops, echo_op, echo_peer, memcpy_op
@@ -582,13 +581,7 @@ def run_bench(
         run_dir.mkdir(parents=True)
     run_id = run_dir.name
     facts = host_facts()
-    base = {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        "host": facts["host"],
-        "kernel": facts["kernel"],
-        "lab_version": __version__,
-    }
+    base = row_base(run_id, facts)
     started = time.time()
     write_meta(
         run_dir,

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from .._registry import DESIGNS
 from .._wipe import wipe
 from ._phases import PHASES
@@ -38,6 +37,7 @@ from .results import (
     host_facts,
     new_run_id,
     package_versions,
+    row_base,
 )
 
 SECRET_KINDS = ("unicode", "ascii", "binary")
@@ -289,13 +289,7 @@ def run_matrix(
     started = time.time()
     writer = ResultsWriter(Path(out) / run_id)
     rows: list[Row] = []
-    base = {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        "host": facts["host"],
-        "kernel": facts["kernel"],
-        "lab_version": __version__,
-    }
+    base = row_base(run_id, facts)
     meta: dict[str, Any] = {
         "run_id": run_id,
         "started": started,

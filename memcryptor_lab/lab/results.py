@@ -168,6 +168,19 @@ def host_facts() -> dict[str, Any]:
     }
 
 
+def row_base(run_id: str, facts: dict[str, Any]) -> dict[str, Any]:
+    """The metadata columns every row of a run starts with."""
+    from .. import __version__
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "host": facts["host"],
+        "kernel": facts["kernel"],
+        "lab_version": __version__,
+    }
+
+
 def package_versions() -> dict[str, str]:
     versions = {}
     for name in ("memcryptor-lab", "cryptography", "hyperscan", "psutil", "pandas", "rich"):

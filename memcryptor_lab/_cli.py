@@ -153,6 +153,17 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     return 0 if outcome.status in ("ok", "blocked", "skipped") else 1
 
 
+def _cmd_broker(args: argparse.Namespace) -> int:
+    import os
+
+    from .broker.daemon import BrokerConfig, default_socket_path, run
+
+    address = f"@{args.abstract}" if args.abstract else (args.socket or default_socket_path())
+    uids = frozenset(args.allow_uid or [os.geteuid()])
+    config = BrokerConfig(address, uids, frozenset(args.allow_exe or ()), args.identity)
+    return run(config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from attacks import ATTACKS
     from attacks._front import needle_arguments
@@ -206,6 +217,30 @@ def build_parser() -> argparse.ArgumentParser:
     needle_arguments(scan)
     scan.add_argument("--json", action="store_true")
     scan.set_defaults(func=_cmd_scan)
+
+    broker = sub.add_parser("broker", help="run the key-holder daemon (the broker design)")
+    where = broker.add_mutually_exclusive_group()
+    where.add_argument("--socket", help="socket path (its directory is made 0700)")
+    where.add_argument("--abstract", help="an abstract socket name instead of a path")
+    broker.add_argument(
+        "--allow-uid",
+        type=int,
+        action="append",
+        help="uid allowed to connect (repeatable; default: this uid)",
+    )
+    broker.add_argument(
+        "--allow-exe",
+        action="append",
+        help="executable allowed to connect (repeatable; default: any)",
+    )
+    broker.add_argument(
+        "--identity",
+        choices=["uid", "uid+exe", "process"],
+        default="uid",
+        help="key scope: per uid (like SAME_LOGON), per uid and executable, "
+        "or per process (like SAME_PROCESS)",
+    )
+    broker.set_defaults(func=_cmd_broker)
 
     attack = sub.add_parser("attack", help="run one attack on any process")
     attack.add_argument("name", choices=list(ATTACKS))

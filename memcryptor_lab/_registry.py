@@ -6,12 +6,13 @@ from typing import Any
 
 from ._errors import DesignUnsupportedError
 from ._protector import Protector
+from .broker.client import BrokerClient
 from .designs.hardened import Hardened, Keyring, SecretMem
 from .designs.inproc_aead import InprocAead
 from .designs.plain import Plain
 
 DESIGNS: dict[str, type[Protector]] = {
-    cls.name: cls for cls in (Plain, InprocAead, Hardened, SecretMem, Keyring)
+    cls.name: cls for cls in (Plain, InprocAead, Hardened, SecretMem, Keyring, BrokerClient)
 }
 
 
@@ -25,7 +26,8 @@ def open_design(
     """Create a protector of the named design, or raise a named error saying why not.
 
     `options` go to the design: the arena designs take `allow_downgrade` (a set of
-    'mlock', 'dontdump', 'wipeonfork') and `harden_process`.
+    'mlock', 'dontdump', 'wipeonfork') and `harden_process`; `broker` takes `socket_path`
+    and `autostart`.
     """
     try:
         cls = DESIGNS[name]

@@ -242,6 +242,38 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def broker_for(designs: Sequence[str], workdir: Path) -> Iterator[int | None]:
+    """A broker for this run when the broker design is in it: its pid, or None.
+
+    Scoped per process (like DPAPI's SAME_PROCESS), so subject and control victims have
+    separate keys. Victims find it through MEMLAB_BROKER_SOCKET."""
+    if "broker" not in designs or DESIGNS["broker"].supported() is not None:
+        yield None
+        return
+    from ..broker.client import start_broker
+
+    address = str(workdir / "broker" / "broker.sock")
+    proc = start_broker(address, identity="process", tied=True)
+    previous = os.environ.get("MEMLAB_BROKER_SOCKET")
+    os.environ["MEMLAB_BROKER_SOCKET"] = address
+    try:
+        yield proc.pid
+    finally:
+        if previous is None:
+            os.environ.pop("MEMLAB_BROKER_SOCKET", None)
+        else:
+            os.environ["MEMLAB_BROKER_SOCKET"] = previous
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -360,7 +392,11 @@ def run_matrix(
             )
 
     try:
-        with terminate_as_interrupt(), private_workdir(keep_artefacts) as workdir:
+        with (
+            terminate_as_interrupt(),
+            private_workdir(keep_artefacts) as workdir,
+            broker_for(designs, workdir) as broker_pid,
+        ):
             for design in designs:
                 reason = DESIGNS[design].supported()
                 for role in ("subject", "control"):
@@ -377,8 +413,23 @@ def run_matrix(
                                     _skipped(ATTACKS[attack_name], reason),
                                 )
                         continue
+                    # the broker is a process too: attack it alongside its client
+                    extra = (
+                        {"broker-process": broker_pid}
+                        if (design == "broker" and role == "subject" and broker_pid)
+                        else {}
+                    )
                     _walk_victim(
-                        design, role, truth, phases, attacks, scanner, workdir, emit, progress
+                        design,
+                        role,
+                        truth,
+                        phases,
+                        attacks,
+                        scanner,
+                        workdir,
+                        emit,
+                        progress,
+                        extra,
                     )
         meta["status"] = "complete"
     except KeyboardInterrupt:
@@ -414,6 +465,7 @@ def _walk_victim(
     workdir: Path,
     emit: Callable[..., None],
     progress: ProgressFn | None,
+    extra_targets: dict[str, int],
 ) -> None:
     from attacks import ATTACKS
 
@@ -439,6 +491,18 @@ def _walk_victim(
                         outcome,
                         victim.notes,
                     )
+                    for target, pid in extra_targets.items():
+                        outcome = ATTACKS[attack_name]().run(pid, scanner, workdir)
+                        emit(
+                            {
+                                "design": design,
+                                "attack": attack_name,
+                                "victim": target,
+                                "phase": phase,
+                            },
+                            outcome,
+                            victim.notes,
+                        )
     finally:
         if given is not truth:
             given.wipe()

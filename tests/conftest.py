@@ -64,6 +64,26 @@ def _stop(holder: Holder) -> None:
             stream.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def broker_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real broker for the whole session, so the `broker` design runs like the others."""
+    from memcryptor_lab.broker import start_broker
+
+    address = str(tmp_path_factory.mktemp("broker") / "run" / "broker.sock")
+    proc = start_broker(address, identity="uid", tied=True)
+    previous = os.environ.get("MEMLAB_BROKER_SOCKET")
+    os.environ["MEMLAB_BROKER_SOCKET"] = address
+    yield address
+    if previous is None:
+        os.environ.pop("MEMLAB_BROKER_SOCKET", None)
+    else:
+        os.environ["MEMLAB_BROKER_SOCKET"] = previous
+    proc.terminate()
+    proc.wait(timeout=10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 @pytest.fixture
 def marker() -> bytes:
     return secrets.token_bytes(32)

@@ -8,6 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import memcryptor_lab as mc
+from memcryptor_lab.broker import WrongScopeError
 
 PINNED_API = {
     "DESIGNS",
@@ -36,7 +37,7 @@ def test_public_api_is_pinned() -> None:
 
 
 def test_registry_names_match_and_designs_run_here() -> None:
-    assert DESIGN_NAMES == ["plain", "inproc-aead", "hardened", "secretmem", "keyring"]
+    assert DESIGN_NAMES == ["plain", "inproc-aead", "hardened", "secretmem", "keyring", "broker"]
     for name, cls in mc.DESIGNS.items():
         assert cls.name == name
         assert cls.supported() is None
@@ -117,12 +118,15 @@ def test_encrypt_decrypt_round_trip(name: str, size: int) -> None:
     data = os.urandom(size)
     with mc.open_design(name) as protector:
         blob = protector.encrypt(data, aad=b"ctx")
-        assert len(blob) == size + 3 + 1 + 12 + 16
+        # header (magic, version, nonce; the broker's also names instance and scope) + tag
+        assert len(blob) == size + (48 if name == "broker" else 32)
         assert protector.decrypt(blob, aad=b"ctx") == data
 
 
 @pytest.mark.parametrize("name", DESIGN_NAMES)
 def test_blob_is_standard_aes_256_gcm_under_the_given_key(name: str) -> None:
+    if mc.DESIGNS[name].out_of_process:
+        pytest.skip("the broker's blob names its instance and scope: its own format")
     key = os.urandom(32)
     fd = _pipe_with(key)
     with mc.open_design(name, key_fd=fd) as protector:
@@ -138,14 +142,17 @@ def test_blob_is_standard_aes_256_gcm_under_the_given_key(name: str) -> None:
 def test_tampering_wrong_key_and_wrong_aad_raise_tampered(name: str) -> None:
     with mc.open_design(name) as protector, mc.open_design(name) as stranger:
         blob = protector.encrypt(b"x" * 100, aad=b"a")
-        for position in (4, 10, 16, 60, len(blob) - 1):  # version-adjacent nonce, body, tag
+        # the nonce, the ciphertext, the tag (the broker's header is 32 bytes, not 16)
+        nonce_at = 25 if name == "broker" else 10
+        for position in (nonce_at, 40, 60, len(blob) - 1):
             bad = bytearray(blob)
             bad[position] ^= 0x01
             with pytest.raises(mc.TamperedError):
                 protector.decrypt(bad, aad=b"a")
         with pytest.raises(mc.TamperedError):
             protector.decrypt(blob, aad=b"b")
-        with pytest.raises(mc.TamperedError):
+        # another key: TamperedError; the broker tells a foreign scope apart
+        with pytest.raises((mc.TamperedError, WrongScopeError)):
             stranger.decrypt(blob, aad=b"a")
 
 

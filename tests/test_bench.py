@@ -65,7 +65,7 @@ def test_design_figures_carry_a_same_run_baseline_and_ratio(bench) -> None:
 def test_unbuilt_parts_are_skipped_rows_with_reasons(bench) -> None:
     _, _, frame = bench
     skipped = frame[frame.status == "skipped"]
-    assert set(skipped.group) == {"concurrency", "scanner"}
+    assert set(skipped.group) == {"scanner"}
     assert (skipped.reason != "").all()
     scanner = frame[frame.subject == "needles/hyperscan"].iloc[0]
     assert scanner.goal.startswith(">= 1 GB/s") and scanner.meets_goal in ("yes", "no")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._registry import DESIGNS, open_design
+from ..lab.matrix import broker_for, private_workdir
 from ..lab.results import (
     BENCH_FILE,
     BenchRow,
@@ -47,6 +48,7 @@ class Profile:
     scanner_image_bytes: int
     reference_engine_bytes: int
     attack_victim_mib: int
+    concurrency_ops: int
 
 
 PROFILES = {
@@ -60,6 +62,7 @@ PROFILES = {
         128 * MIB,
         4 * MIB,
         200,
+        500,
     ),
     "full": Profile(
         "full",
@@ -71,9 +74,10 @@ PROFILES = {
         512 * MIB,
         16 * MIB,
         200,
+        5000,
     ),
     # for the test suite: exercises every path, measures nothing worth quoting
-    "smoke": Profile("smoke", 20, (32, 64 * KIB), 3, 0.0, (1, 100), 4 * MIB, 1 * MIB, 8),
+    "smoke": Profile("smoke", 20, (32, 64 * KIB), 3, 0.0, (1, 100), 4 * MIB, 1 * MIB, 8, 20),
 }
 
 # The goals from the benchmark issue, checked against ratios measured in this run.
@@ -418,18 +422,40 @@ class _Bench:
                     value=held["seal_s"] / count,
                 )
 
-    def concurrency(self) -> None:
-        self.emit(
-            "concurrency",
-            "(none)",
-            "clients",
-            0,
-            "throughput",
-            "B/s",
-            "higher",
-            status="skipped",
-            reason="no design is shared between processes yet; the broker will be",
-        )
+    def concurrency(self, designs: Sequence[str]) -> None:
+        shared = [name for name in designs if DESIGNS[name].out_of_process]
+        if not shared:
+            self.emit(
+                "concurrency",
+                "(none)",
+                "clients",
+                0,
+                "throughput",
+                "B/s",
+                "higher",
+                status="skipped",
+                reason="no design shared between processes runs here",
+            )
+            return
+        ops = self.profile.concurrency_ops
+        for name in shared:
+            single: BenchRow | None = None
+            for clients in (1, 2, 4, 8):
+                self.progress(f"concurrency: {name}, {clients} clients x {ops} ops")
+                seconds = _clients_in_parallel(name, clients, ops, PAYLOAD_FOR_CONCURRENCY)
+                row = self.emit(
+                    "concurrency",
+                    name,
+                    "encrypt",
+                    clients,
+                    "throughput",
+                    "B/s",
+                    "higher",
+                    value=clients * ops * PAYLOAD_FOR_CONCURRENCY / seconds,
+                    baseline=single,
+                    reason=f"{clients} client processes, {ops} x 1 KiB encrypt each",
+                )
+                single = single or row
 
     # -- scanners and attacks ------------------------------------------------------------
     def scanners(self) -> None:
@@ -516,6 +542,39 @@ class _Bench:
         truth.wipe()
 
 
+PAYLOAD_FOR_CONCURRENCY = 1024
+
+
+def _clients_in_parallel(design: str, clients: int, ops: int, size: int) -> float:
+    """Wall time for `clients` forked processes to do `ops` encryptions each."""
+    payload = os.urandom(size)
+    start_r, start_w = os.pipe()
+    children = []
+    for _ in range(clients):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                with open_design(design) as protector:
+                    os.read(start_r, 1)  # all connected before anyone starts
+                    for _ in range(ops):
+                        protector.encrypt(payload)
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    time.sleep(0.2)
+    started = time.perf_counter()
+    os.write(start_w, b"x" * clients)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+    elapsed = time.perf_counter() - started
+    os.close(start_r)
+    os.close(start_w)
+    if any(codes):
+        raise RuntimeError(f"{design} clients failed: exit codes {codes}")
+    return elapsed
+
+
 def _per_second(size: int) -> Callable[[float], float]:
     return lambda seconds: size / seconds if seconds else 0.0
 
@@ -596,10 +655,11 @@ def run_bench(
     bench = _Bench(chosen, writer, base, progress)
     status = "failed"
     try:
-        bench.latency(designs)
-        bench.throughput(designs)
-        bench.scale(designs)
-        bench.concurrency()
+        with private_workdir() as workdir, broker_for(designs, workdir):
+            bench.latency(designs)
+            bench.throughput(designs)
+            bench.scale(designs)
+            bench.concurrency(designs)
         bench.scanners()
         bench.attacks(list(ATTACKS))
         status = "complete"

@@ -170,7 +170,7 @@ class _BrokerSealed(Sealed):
         assert self._blob is not None
         slot = owner._scratch.alloc(self._length + 64)
         try:
-            frame = owner._conn.request(
+            frame = owner._call(
                 Op.DECRYPT, [(Tag.BLOB, self._blob), (Tag.AAD, _SEALED_AAD)], into=slot
             )
             with frame.fields[Tag.DATA] as data:
@@ -195,9 +195,13 @@ class BrokerClient(Protector):
         key_buffer: bytearray | memoryview | None = None,
         socket_path: str | None = None,
         autostart: bool = False,
+        scope: str | None = None,
         inline_limit: int = 16 * 1024,
     ) -> None:
         self.address = socket_path or default_socket_path()
+        # Without a scope name each protector has its own key, as in the in-process designs;
+        # protectors (or processes of one identity) that name the same scope share one.
+        self._scope = scope.encode() if scope is not None else os.urandom(16)
         self._scratch = Arena("anonymous", guard_idle=False)
         self._inline_limit = min(inline_limit, MAX_INLINE)
         self._broker_process: subprocess.Popen[bytes] | None = None
@@ -218,6 +222,15 @@ class BrokerClient(Protector):
             )
         return None
 
+    def _call(
+        self,
+        op: Op,
+        fields: list[tuple[Tag, bytes | bytearray | memoryview]],
+        fds: tuple[int, ...] = (),
+        into: Slot | None = None,
+    ) -> Frame:
+        return self._conn.request(op, [*fields, (Tag.SCOPE, self._scope)], fds, into)
+
     def notes(self) -> str:
         info = self._conn.request(Op.PING, []).fields[Tag.INFO]
         return bytes(info).decode()
@@ -235,7 +248,7 @@ class BrokerClient(Protector):
                     read_exact_into(key_fd, view)
                 else:
                     read_key(None, key_buffer, view)  # type: ignore[arg-type]
-                self._conn.request(Op.IMPORT_KEY, [(Tag.KEY, view)])
+                self._call(Op.IMPORT_KEY, [(Tag.KEY, view)])
         finally:
             self._scratch.free(slot)
 
@@ -260,7 +273,7 @@ class BrokerClient(Protector):
             self._scratch.free(slot)
 
     def _seal_view(self, plaintext: memoryview) -> Sealed:
-        frame = self._conn.request(Op.ENCRYPT, [(Tag.DATA, plaintext), (Tag.AAD, _SEALED_AAD)])
+        frame = self._call(Op.ENCRYPT, [(Tag.DATA, plaintext), (Tag.AAD, _SEALED_AAD)])
         return _BrokerSealed(self, bytes(frame.fields[Tag.BLOB]), len(plaintext))
 
     # -- bulk data ------------------------------------------------------------------------
@@ -268,7 +281,7 @@ class BrokerClient(Protector):
         self._check_open()
         src = memoryview(data).cast("B")
         if len(src) <= self._inline_limit:
-            frame = self._conn.request(Op.ENCRYPT, [(Tag.DATA, src), (Tag.AAD, aad)])
+            frame = self._call(Op.ENCRYPT, [(Tag.DATA, src), (Tag.AAD, aad)])
             return bytearray(frame.fields[Tag.BLOB])
         with _SharedBuffer(len(src) + BLOB_OVERHEAD) as shared:
             shared.view[BLOB_HEADER.size : BLOB_HEADER.size + len(src)] = src
@@ -283,7 +296,7 @@ class BrokerClient(Protector):
         if len(src) <= self._inline_limit:
             slot = self._scratch.alloc(len(src) + 64)  # the reply carries plaintext
             try:
-                frame = self._conn.request(Op.DECRYPT, [(Tag.BLOB, src), (Tag.AAD, aad)], into=slot)
+                frame = self._call(Op.DECRYPT, [(Tag.BLOB, src), (Tag.AAD, aad)], into=slot)
                 return bytearray(frame.fields[Tag.DATA])
             finally:
                 self._scratch.free(slot)
@@ -295,7 +308,7 @@ class BrokerClient(Protector):
             return out
 
     def _shm(self, op: Op, length: int, aad: bytes, shared: _SharedBuffer) -> int:
-        frame = self._conn.request(
+        frame = self._call(
             op, [(Tag.LENGTH, length.to_bytes(8, "big")), (Tag.AAD, aad)], fds=(shared.fd,)
         )
         return frame.integer(Tag.LENGTH)

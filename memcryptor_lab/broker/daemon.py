@@ -224,8 +224,10 @@ class Broker:
         if len(blob) < BLOB_OVERHEAD:
             raise _Refusal(Code.MALFORMED, f"blob of {len(blob)} bytes is too short")
         magic, version, instance, scope, nonce = BLOB_HEADER.unpack_from(blob)
-        if magic != BLOB_MAGIC or version != BLOB_VERSION:
-            raise _Refusal(Code.MALFORMED, "not a broker blob of version 1")
+        if magic != BLOB_MAGIC:
+            raise _Refusal(Code.MALFORMED, "not a broker blob (bad magic)")
+        if version != BLOB_VERSION:
+            raise _Refusal(Code.MALFORMED, f"blob version {version} is not supported")
         if instance != self.instance:
             raise _Refusal(
                 Code.UNKNOWN_INSTANCE,
@@ -246,6 +248,9 @@ class Broker:
     def _handle(self, peer: Peer, frame: Frame, fds: list[int]) -> list[tuple[Tag, object]]:
         """Do one request; ProtocolError closes the connection, _Refusal answers it."""
         aad = bytes(frame.fields.get(Tag.AAD, b""))
+        if Tag.SCOPE in frame.fields:  # a label within the kernel-given identity, never instead
+            label = bytes(frame.fields[Tag.SCOPE]).hex()
+            peer = Peer(peer.pid, peer.uid, peer.gid, peer.exe, f"{peer.identity}|scope:{label}")
         if frame.op in (Op.ENCRYPT_SHM, Op.DECRYPT_SHM):
             if len(fds) != 1:
                 raise ProtocolError(f"{frame.op.name} needs exactly one memfd, got {len(fds)}")

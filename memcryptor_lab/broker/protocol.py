@@ -5,6 +5,9 @@
     payload = field*                                                     (length bytes)
     field   = tag:u8 size:u32 value[size]
 
+A key belongs to an identity the kernel vouches for (SO_PEERCRED: uid, or uid and
+executable, or one process) plus an optional SCOPE label the client picks within it.
+
 Parsing is strict: unknown version, op, flag, tag; a field an op does not take; a missing or
 repeated field; a size over its bound; trailing bytes: each is a ProtocolError, never a
 guess. Bulk data does not travel in frames: it sits in a memfd passed with SCM_RIGHTS.
@@ -50,6 +53,7 @@ class Tag(IntEnum):
     CODE = 6
     MESSAGE = 7
     INFO = 8
+    SCOPE = 9  # a label within the caller's kernel-given identity (like DPAPI's entropy)
 
 
 class Code(IntEnum):
@@ -66,11 +70,11 @@ class Code(IntEnum):
 
 # op -> (required tags, optional tags)
 REQUEST_FIELDS: dict[Op, tuple[frozenset[Tag], frozenset[Tag]]] = {
-    Op.IMPORT_KEY: (frozenset({Tag.KEY}), frozenset()),
-    Op.ENCRYPT: (frozenset({Tag.DATA}), frozenset({Tag.AAD})),
-    Op.DECRYPT: (frozenset({Tag.BLOB}), frozenset({Tag.AAD})),
-    Op.ENCRYPT_SHM: (frozenset({Tag.LENGTH}), frozenset({Tag.AAD})),
-    Op.DECRYPT_SHM: (frozenset({Tag.LENGTH}), frozenset({Tag.AAD})),
+    Op.IMPORT_KEY: (frozenset({Tag.KEY}), frozenset({Tag.SCOPE})),
+    Op.ENCRYPT: (frozenset({Tag.DATA}), frozenset({Tag.AAD, Tag.SCOPE})),
+    Op.DECRYPT: (frozenset({Tag.BLOB}), frozenset({Tag.AAD, Tag.SCOPE})),
+    Op.ENCRYPT_SHM: (frozenset({Tag.LENGTH}), frozenset({Tag.AAD, Tag.SCOPE})),
+    Op.DECRYPT_SHM: (frozenset({Tag.LENGTH}), frozenset({Tag.AAD, Tag.SCOPE})),
     Op.PING: (frozenset(), frozenset()),
 }
 REPLY_FIELDS: frozenset[Tag] = frozenset(
@@ -85,6 +89,7 @@ MAX_FIELD = {
     Tag.CODE: 2,
     Tag.MESSAGE: 1024,
     Tag.INFO: 1024,
+    Tag.SCOPE: 64,
 }
 EXACT_FIELD = {Tag.KEY: 32, Tag.LENGTH: 8, Tag.CODE: 2}
 

@@ -52,9 +52,16 @@ def test_schema_and_metadata(run) -> None:
     meta = frame.attrs["meta"]
     assert meta["status"] == "complete" and meta["scan_engine"] == "hyperscan"
     assert meta["host_facts"]["kernel"] == os.uname().release
-    assert set(frame.design) == {"plain", "inproc-aead", "hardened", "secretmem", "keyring"}
+    assert set(frame.design) == {
+        "plain",
+        "inproc-aead",
+        "hardened",
+        "secretmem",
+        "keyring",
+        "broker",
+    }
     assert set(frame.phase) == {"at-rest", "in-use", "released"}
-    assert set(frame.victim) == {"subject", "control"}
+    assert set(frame.victim) == {"subject", "control", "broker-process"}
     assert (frame.bytes_scanned > 0).all()
 
 
@@ -125,6 +132,25 @@ def test_keyring_reports_which_crypto_path_ran(run) -> None:
     _, _, frame = run
     notes = frame[frame.design == "keyring"].design_notes
     assert notes.str.contains("crypto=userspace").all()
+
+
+def test_broker_client_never_holds_the_key_and_plaintext_only_while_revealed(run) -> None:
+    _, _, frame = run
+    client = dict(design="broker", victim="subject")
+    for phase in ("at-rest", "in-use", "released"):
+        assert _copies(frame, **client, phase=phase, needle_kind="key") == 0, phase
+    assert _copies(frame, **client, phase="at-rest", needle_kind="plaintext") == 0
+    assert _copies(frame, **client, phase="in-use", needle_kind="plaintext") > 0
+    assert _copies(frame, **client, phase="released", needle_kind="plaintext") == 0
+
+
+def test_the_broker_process_is_attacked_too(run) -> None:
+    _, _, frame = run
+    broker = frame[(frame.victim == "broker-process") & ~frame.status.isin(["n/a", "alias"])]
+    assert set(broker.phase) == {"at-rest", "in-use", "released"}
+    # keys in memfd_secret: the reads are refused and the rows say so
+    assert set(broker.status) == {"blocked"}
+    assert int(broker[broker.needle_kind.isin(["key", "plaintext"])].copies.sum()) == 0
 
 
 def test_decoy_and_control_victim_show_nothing(run) -> None:

@@ -80,7 +80,7 @@ class _ArenaSealed(Sealed):
         owner = self._owner
         if owner._store.closed:
             return  # close() zeroed and unmapped every slab
-        with owner._guard, owner._store.open():
+        with owner._guard:
             owner._store.free(self._slot)
 
     def __del__(self) -> None:
@@ -173,18 +173,18 @@ class _ArenaProtector(Protector):
                 self._scratch.free(staging)
 
     def _seal_view(self, plaintext: memoryview) -> Sealed:
-        with self._guard, self._store.open():
+        with self._guard:
             slot = self._store.alloc(len(plaintext) + TAG_BYTES)
             counter = self._next_counter()
-            with self._cipher() as aead, slot.view() as out:
+            with self._store.access(slot), self._cipher() as aead, slot.view() as out:
                 aead.encrypt_into(self._nonce(counter), plaintext, _SEALED_AAD, out)
             return _ArenaSealed(self, slot, counter, len(plaintext))
 
     def _decrypt_sealed(self, slot: Slot, counter: int, out: memoryview) -> None:
         """In its own frame, so the cipher (and its key schedule) is gone when it returns."""
-        with self._guard, self._store.open():
+        with self._guard:
             self._store.check(slot)
-            with self._cipher() as aead, slot.view() as ciphertext:
+            with self._store.access(slot), self._cipher() as aead, slot.view() as ciphertext:
                 try:
                     aead.decrypt_into(self._nonce(counter), ciphertext, _SEALED_AAD, out)
                 except InvalidTag:
@@ -214,9 +214,9 @@ class Hardened(_ArenaProtector):
         return native.digest_available()
 
     def _load_key(self, key_fd: int | None, key_buffer: bytearray | memoryview | None) -> None:
-        with self._guard, self._keys.open():
-            # one slot, one slab: an operation opens the key material with one mprotect
-            self._keyslot = self._keys.alloc(PREKEY_BYTES + KEY_BYTES + TAG_BYTES)
+        # one slot: an operation opens the key material's few pages with one mprotect
+        self._keyslot = self._keys.alloc(PREKEY_BYTES + KEY_BYTES + TAG_BYTES)
+        with self._guard, self._keys.access(self._keyslot):
             self._wrap_nonce = os.urandom(12)
             with self._prekey() as prekey:
                 fill_random(prekey)
@@ -238,28 +238,37 @@ class Hardened(_ArenaProtector):
 
     @contextmanager
     def _shield(self) -> Iterator[AESGCM]:
-        """AES-GCM under SHA-256(prekey), derived into locked scratch and wiped."""
-        with self._keys.open(), self._scratch_slot(self._digest_scratch) as digest:
+        """AES-GCM under SHA-256(prekey). Call with the key slot open."""
+        with self._scratch_slot(self._digest_scratch) as digest, digest.view() as view:
             native.digest_into("sha256", self._keyslot.addr, PREKEY_BYTES, digest.addr)
-            with digest.view() as view:
-                aead = AESGCM(view[:KEY_BYTES])
+            aead = AESGCM(view[:KEY_BYTES])
+        try:
+            yield aead
+        finally:
+            del aead  # OpenSSL clears the context when it frees it
+
+    def _unshield(self) -> AESGCM:
+        """The bulk cipher, rebuilt from the shielded key: flat, because every operation pays
+        for this path (nested context managers cost more than the AES of 64 KiB)."""
+        with self._guard, self._keys.access(self._keyslot):
+            digest, key = self._digest_scratch, self._key_scratch
+            native.digest_into("sha256", self._keyslot.addr, PREKEY_BYTES, digest.addr)
+            whole = self._keyslot.view()
+            digest_view, key_view = digest.view(), key.view()
             try:
-                yield aead
+                shield = AESGCM(digest_view[:KEY_BYTES])
+                shield.decrypt_into(self._wrap_nonce, whole[PREKEY_BYTES:], _WRAP_AAD, key_view)
+                del shield
+                return AESGCM(key_view)
             finally:
-                del aead  # OpenSSL clears the context when it frees it
+                ctypes.memset(digest.addr, 0, digest.length)
+                ctypes.memset(key.addr, 0, key.length)
+                for view in (whole, digest_view, key_view):
+                    view.release()
 
     @contextmanager
     def _cipher(self) -> Iterator[AESGCM]:
-        with (
-            self._guard,
-            self._keys.open(),
-            self._scratch_slot(self._key_scratch) as key,
-            self._shield() as shield,
-            self._wrapped() as wrapped,
-            key.view() as key_view,
-        ):
-            shield.decrypt_into(self._wrap_nonce, wrapped, _WRAP_AAD, key_view)
-            aead = AESGCM(key_view)
+        aead = self._unshield()
         try:
             yield aead
         finally:

@@ -223,7 +223,7 @@ class Protector(ABC):
 
 
 def read_key(
-    key_fd: int | None, key_buffer: bytearray | memoryview | None, into: bytearray
+    key_fd: int | None, key_buffer: bytearray | memoryview | None, into: bytearray | memoryview
 ) -> None:
     """Fill `into` (KEY_BYTES long) from a descriptor or buffer; random if neither is given."""
     from ._platform import fill_random

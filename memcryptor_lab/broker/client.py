@@ -28,7 +28,6 @@ from .._errors import (
     InputError,
     MalformedBlobError,
     MemcryptorError,
-    SecretDestroyedError,
     TamperedError,
 )
 from .._platform import IS_LINUX
@@ -244,10 +243,7 @@ class BrokerClient(Protector):
         slot = self._scratch.alloc(KEY_BYTES)
         try:
             with slot.view() as view:
-                if key_fd is not None:
-                    read_exact_into(key_fd, view)
-                else:
-                    read_key(None, key_buffer, view)  # type: ignore[arg-type]
+                read_key(key_fd, key_buffer, view)
                 self._call(Op.IMPORT_KEY, [(Tag.KEY, view)])
         finally:
             self._scratch.free(slot)
@@ -400,7 +396,6 @@ __all__ = [
     "BrokerUnavailableError",
     "KeyExistsError",
     "PeerRefusedError",
-    "SecretDestroyedError",
     "WrongScopeError",
     "start_broker",
 ]

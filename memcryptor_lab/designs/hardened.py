@@ -152,10 +152,7 @@ class _ArenaProtector(Protector):
         slot = self._scratch.alloc(KEY_BYTES)
         try:
             with slot.view() as view:
-                if key_fd is not None:
-                    read_exact_into(key_fd, view)
-                else:
-                    read_key(None, key_buffer, view)  # type: ignore[arg-type]
+                read_key(key_fd, key_buffer, view)
             yield slot
         finally:
             self._scratch.free(slot)

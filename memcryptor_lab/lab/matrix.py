@@ -229,17 +229,27 @@ def private_workdir(keep: bool = False) -> Iterator[Path]:
 
 
 @contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so every `finally` (victims, temp dirs) runs."""
+def terminate_as_interrupt() -> Iterator[Callable[[], None]]:
+    """SIGINT and SIGTERM become KeyboardInterrupt, so every `finally` (victims, brokers,
+    temp dirs) runs. Yields a check to call between steps: a KeyboardInterrupt raised while
+    a finalizer (`__del__`) happened to run is swallowed by CPython, and was seen here to
+    let an interrupted run finish with status 0; the check raises it again."""
+    received: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
+        received.append(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    def check() -> None:
+        if received:
+            raise KeyboardInterrupt(f"signal {received[0]}")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield check
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @contextmanager
@@ -339,7 +349,12 @@ def run_matrix(
     }
     writer.write_meta(meta)
 
+    def check_interrupted() -> None:  # replaced by the signal guard's check below
+        return None
+
+
     def emit(cell: dict[str, Any], outcome: Any, design_notes: str = "") -> None:
+        check_interrupted()
         from attacks.scan import reportable_hits, summarize
 
         findings = outcome.findings or summarize(needles, [])
@@ -393,7 +408,7 @@ def run_matrix(
 
     try:
         with (
-            terminate_as_interrupt(),
+            terminate_as_interrupt() as check_interrupted,
             private_workdir(keep_artefacts) as workdir,
             broker_for(designs, workdir) as broker_pid,
         ):
@@ -431,6 +446,7 @@ def run_matrix(
                         progress,
                         extra,
                     )
+            check_interrupted()
         meta["status"] = "complete"
     except KeyboardInterrupt:
         meta["status"] = "interrupted"

@@ -268,6 +268,24 @@ def test_a_uid_not_on_the_allow_list_is_refused(tmp_path: Path) -> None:
         proc.wait(timeout=10)
 
 
+def test_an_executable_not_on_the_allow_list_is_refused() -> None:
+    address = f"@memlab-exe-{os.getpid()}"
+    proc = start_broker(address, allow_exes=("/usr/bin/not-this-python",), tied=True)
+    try:
+        with pytest.raises(PeerRefusedError, match="executable"):
+            mc.open_design("broker", socket_path=address).encrypt(b"x")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    allowed = os.path.realpath(sys.executable)
+    proc = start_broker(address, allow_exes=(allowed,), tied=True)
+    try:
+        assert "broker v1" in _ping(address)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def test_another_identity_cannot_open_a_sealed_blob(broker) -> None:
     address, _ = broker
     with mc.open_design("broker", socket_path=address, scope="shared") as protector:

@@ -350,6 +350,7 @@ def start_broker(
     allow_uids: tuple[int, ...] = (),
     timeout: float = 10.0,
     tied: bool = False,
+    allow_exes: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """Start `memlab broker` for this uid and wait until it listens. `tied`: it dies with
     us (the lab's brokers); otherwise it outlives the client that started it."""
@@ -365,6 +366,8 @@ def start_broker(
         identity,
         *itertools.chain.from_iterable(("--allow-uid", str(u)) for u in uids),
     ]
+    for exe in allow_exes:
+        command += ["--allow-exe", exe]
     from .._platform import die_with_parent
 
     proc = subprocess.Popen(

@@ -352,7 +352,6 @@ def run_matrix(
     def check_interrupted() -> None:  # replaced by the signal guard's check below
         return None
 
-
     def emit(cell: dict[str, Any], outcome: Any, design_notes: str = "") -> None:
         check_interrupted()
         from attacks.scan import reportable_hits, summarize

@@ -132,3 +132,18 @@ def test_file_source_scans_a_file(tmp_path) -> None:
     hits = [h for h in scanner.scan(source) if h.form == FULL]
     assert [h.address for h in hits if h.encoding == "raw"] == [100_000]
     assert source.stats.bytes_read == 100_082
+
+
+def test_wide_encodings_need_sixteen_characters_not_sixteen_bytes() -> None:
+    # CPython keeps argv and the environment as wchar_t (UTF-32LE): four characters of a
+    # secret there are 16 bytes, but not a partial copy of it.
+    secret = Secret("decoy", "Zq7ψRt2mXw9LpK4vNb8HjC3yTe6".encode(), text=True)
+    scanner = Scanner(NeedleSet([secret]))
+    text = bytes(secret.value).decode()
+    noise = os.urandom(4096)
+    short = text[5:9].encode("utf-32-le")  # 4 characters: 16 bytes
+    long = text[2:18].encode("utf-32-le")  # 16 characters: 64 bytes
+    found = _findings(scanner, noise + short + noise)
+    assert found[("decoy", "utf-32le", FRAGMENT)].copies == 0
+    found = _findings(scanner, noise + long + noise)
+    assert found[("decoy", "utf-32le", FRAGMENT)].copies == 1

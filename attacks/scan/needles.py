@@ -1,8 +1,12 @@
 """The needle scanner: a secret in every encoding a program may hold it in, in one pass.
 
 For each secret (plaintext, key, decoy, ...) the scanner searches its full forms (raw,
-UTF-8, UTF-16LE, UTF-32LE, hex in both cases, base64) and every 16-byte window of each
-form, so that partial copies show up as well. All patterns go into one multi-pattern
+UTF-8, UTF-16LE, UTF-32LE, hex in both cases, base64) and, to catch partial copies, every
+window of each form that carries 16 bytes' worth of the secret: 16 bytes raw, 32 in UTF-16,
+64 in UTF-32, 32 hex digits, 22 base64 characters, at character boundaries. (A 16-byte
+window of UTF-32 is only 4 characters, or 3 and padding: CPython's wchar_t copies of argv
+and the environment matched such a window of the decoy in CI, a false positive the decoy
+control caught.) All patterns go into one multi-pattern
 automaton (Hyperscan, streaming, so a copy that straddles two chunks is still found).
 
 Nothing here ever prints or stores a pattern: findings carry kind, encoding, form,
@@ -22,7 +26,17 @@ from dataclasses import dataclass, field
 from ..sources import Chunk, MemorySource, Region
 from ._engines import Engine, make_engine
 
-FRAGMENT_BYTES = 16
+FRAGMENT_BYTES = 16  # of the secret; each encoding's window is wider by its expansion
+# encoding -> (window length in encoded bytes, step between windows)
+FRAGMENT_WINDOW = {
+    "raw": (16, 1),
+    "utf-8": (16, 1),
+    "utf-16le": (32, 2),
+    "utf-32le": (64, 4),
+    "hex": (32, 1),
+    "HEX": (32, 1),
+    "base64": (22, 1),
+}
 TEXT_ENCODINGS = ("raw", "utf-8", "utf-16le", "utf-32le", "hex", "HEX", "base64")
 BINARY_ENCODINGS = ("raw", "hex", "HEX", "base64")
 FULL, FRAGMENT = "full", f"fragment{FRAGMENT_BYTES}"
@@ -142,12 +156,11 @@ class NeedleSet:
                 continue
             seen[form_bytes] = encoding
             self._add(Needle(secret.kind, encoding, FULL, needle_id, len(form_bytes), form_bytes))
-            if len(form_bytes) > FRAGMENT_BYTES:
-                for start in range(len(form_bytes) - FRAGMENT_BYTES + 1):
-                    window = form_bytes[start : start + FRAGMENT_BYTES]
-                    self._add(
-                        Needle(secret.kind, encoding, FRAGMENT, needle_id, FRAGMENT_BYTES, window)
-                    )
+            width, step = FRAGMENT_WINDOW[encoding]
+            if len(form_bytes) > width:
+                for start in range(0, len(form_bytes) - width + 1, step):
+                    window = form_bytes[start : start + width]
+                    self._add(Needle(secret.kind, encoding, FRAGMENT, needle_id, width, window))
             else:
                 self.skipped.append(
                     Finding(
@@ -157,7 +170,7 @@ class NeedleSet:
                         needle_id,
                         len(form_bytes),
                         status="n/a",
-                        reason=f"form is not longer than {FRAGMENT_BYTES} bytes",
+                        reason=f"form is not longer than a {width}-byte window",
                     )
                 )
 
@@ -243,7 +256,7 @@ def summarize(needles: NeedleSet, hits: list[Hit]) -> list[Finding]:
                 n.encoding,
                 n.form,
                 n.needle_id,
-                n.length if n.form == FULL else FRAGMENT_BYTES,
+                n.length,
             )
     full_hits, loose = _split(hits)
     for h in full_hits:

@@ -117,11 +117,17 @@ class _Connection:
             ancillary = (
                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
             )
+            send_error: OSError | None = None
             try:
                 sent = self._sock.sendmsg(parts, ancillary)
                 total = sum(len(p) for p in parts)
                 if sent < total:
                     self._sock.sendall(b"".join(bytes(p) for p in parts)[sent:])
+            except (ConnectionError, BrokenPipeError) as exc:
+                # A broker that refuses us answers and closes at once, maybe before we
+                # wrote: its answer is still in our receive buffer. Read it first.
+                send_error = exc
+            try:
                 header_buf = bytearray(HEADER.size)
                 self._recv_exact(memoryview(header_buf))
                 header = parse_header(header_buf)
@@ -132,7 +138,7 @@ class _Connection:
                 self._recv_exact(payload)
             except (ConnectionError, BrokenPipeError) as exc:
                 raise BrokerUnavailableError(
-                    f"the broker at {self.address} went away: {exc}"
+                    f"the broker at {self.address} went away: {send_error or exc}"
                 ) from None
             frame = parse_payload(header, payload, reply=True)
         if frame.op is Op.ERROR:

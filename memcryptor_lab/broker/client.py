@@ -9,6 +9,7 @@ SCM_RIGHTS, encrypted or decrypted in place by the broker: no plaintext in socke
 from __future__ import annotations
 
 import array
+import ctypes
 import itertools
 import mmap
 import os
@@ -209,6 +210,7 @@ class BrokerClient(Protector):
         self._scope = scope.encode() if scope is not None else os.urandom(16)
         self._scratch = Arena("anonymous", guard_idle=False)
         self._inline_limit = min(inline_limit, MAX_INLINE)
+        self._shared: _SharedBuffer | None = None
         self._broker_process: subprocess.Popen[bytes] | None = None
         try:
             self._conn = _Connection(self.address)
@@ -285,10 +287,10 @@ class BrokerClient(Protector):
         if len(src) <= self._inline_limit:
             frame = self._call(Op.ENCRYPT, [(Tag.DATA, src), (Tag.AAD, aad)])
             return bytearray(frame.fields[Tag.BLOB])
-        with _SharedBuffer(len(src) + BLOB_OVERHEAD) as shared:
-            shared.view[BLOB_HEADER.size : BLOB_HEADER.size + len(src)] = src
-            n = self._shm(Op.ENCRYPT_SHM, len(src), aad, shared)
-            return bytearray(shared.view[:n])
+        shared = self._shared_for(len(src) + BLOB_OVERHEAD)
+        shared.view[BLOB_HEADER.size : BLOB_HEADER.size + len(src)] = src
+        n = self._shm(Op.ENCRYPT_SHM, len(src), aad, shared)
+        return bytearray(shared.view[:n])  # the plaintext there was overwritten in place
 
     def decrypt(self, blob: bytes | bytearray | memoryview, aad: bytes = b"") -> bytearray:
         self._check_open()
@@ -302,12 +304,23 @@ class BrokerClient(Protector):
                 return bytearray(frame.fields[Tag.DATA])
             finally:
                 self._scratch.free(slot)
-        with _SharedBuffer(len(src)) as shared:
-            shared.view[: len(src)] = src
+        shared = self._shared_for(len(src))
+        shared.view[: len(src)] = src
+        try:
             n = self._shm(Op.DECRYPT_SHM, len(src), aad, shared)
-            out = bytearray(shared.view[BLOB_HEADER.size : BLOB_HEADER.size + n])
-            shared.view[:] = bytes(len(shared.view))  # plaintext was in shared memory
-            return out
+            return bytearray(shared.view[BLOB_HEADER.size : BLOB_HEADER.size + n])
+        finally:
+            shared.zero(len(src))  # the plaintext was in shared memory
+
+    def _shared_for(self, size: int) -> _SharedBuffer:
+        """One shared buffer per client, replaced by a larger one when needed: a fresh memfd
+        per call cost its page faults on both sides every time."""
+        if self._shared is None or self._shared.size < size:
+            if self._shared is not None:
+                self._shared.close()
+            grown = 2 * self._shared.size if self._shared is not None else 0
+            self._shared = _SharedBuffer(max(size, grown))
+        return self._shared
 
     def _shm(self, op: Op, length: int, aad: bytes, shared: _SharedBuffer) -> int:
         frame = self._call(
@@ -319,6 +332,9 @@ class BrokerClient(Protector):
         if self._closed:
             return
         super().close()
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
         if self._broker_process is not None:
             self._broker_process.terminate()
             self._broker_process.wait(timeout=10)
@@ -328,6 +344,8 @@ class _SharedBuffer:
     """A memfd sealed against shrinking and growing, mapped here, handed to the broker."""
 
     def __init__(self, size: int) -> None:
+        size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+        self.size = size
         self.fd = os.memfd_create("memlab-bulk", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(self.fd, size)
@@ -339,11 +357,13 @@ class _SharedBuffer:
             os.close(self.fd)
             raise
         self.view = memoryview(self._map)
+        self._address = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
 
-    def __enter__(self) -> _SharedBuffer:
-        return self
+    def zero(self, length: int) -> None:
+        ctypes.memset(self._address, 0, min(length, self.size))
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        self.zero(self.size)
         self.view.release()
         self._map.close()
         os.close(self.fd)

@@ -12,6 +12,7 @@ has lost them, and says so (UNKNOWN_INSTANCE).
 from __future__ import annotations
 
 import array
+import ctypes
 import hashlib
 import logging
 import mmap
@@ -33,6 +34,7 @@ from .._arena import Arena, Slot
 from .._platform import fill_random, native, set_dumpable
 from .protocol import (
     HEADER,
+    MAX_PAYLOAD,
     MAX_SHM,
     Code,
     Frame,
@@ -130,6 +132,7 @@ class Broker:
         self._arena = Arena(backing, guard_idle=False)
         self._keys: dict[str, Slot] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()  # per connection thread: the client's bulk mapping
         self._stop = threading.Event()
         self._owns_path: str | None = None
         self._listener = listener or self._listen(config.address)
@@ -216,7 +219,9 @@ class Broker:
             BLOB_MAGIC, BLOB_VERSION, self.instance, self._scope(peer.identity), nonce
         )
         with self._cipher(peer.identity, create=True) as aead:
-            aead.encrypt_into(nonce, src, header + aad, out[BLOB_HEADER.size :])
+            aead.encrypt_into(
+                nonce, src, header + aad, out[BLOB_HEADER.size : BLOB_HEADER.size + len(src) + 16]
+            )
         out[: BLOB_HEADER.size] = header
         return BLOB_HEADER.size + len(src) + TAG_BYTES
 
@@ -303,7 +308,7 @@ class Broker:
                 raise _Refusal(Code.MALFORMED, f"blob of {length} bytes is too short")
         if needed > MAX_SHM or needed > info.st_size:
             raise _Refusal(Code.TOO_LARGE, f"memfd of {info.st_size} bytes cannot hold {needed}")
-        with mmap.mmap(fd, info.st_size) as shared, memoryview(shared) as view:
+        with memoryview(self._mapping(fd, info)) as view:
             try:
                 if frame.op is Op.ENCRYPT_SHM:
                     # plaintext at [header, header+n) becomes the blob at [0, header+n+tag)
@@ -313,6 +318,23 @@ class Broker:
                 return self._open(peer, view[:length], view[BLOB_HEADER.size :], aad)
             finally:
                 view.release()
+
+    def _mapping(self, fd: int, info: os.stat_result) -> mmap.mmap:
+        """This connection's mapping of the client's memfd, kept while the client reuses it
+        (sealed against shrinking, so the mapping stays valid)."""
+        local = self._local
+        key = (info.st_dev, info.st_ino, info.st_size)
+        if getattr(local, "key", None) != key:
+            self._drop_mapping()
+            local.map = mmap.mmap(fd, info.st_size)
+            local.key = key
+        return local.map  # type: ignore[no-any-return]
+
+    def _drop_mapping(self) -> None:
+        local = self._local
+        if getattr(local, "map", None) is not None:
+            local.map.close()
+        local.map = local.key = None
 
     # -- connections ------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -345,29 +367,39 @@ class Broker:
                         [(Tag.CODE, _code(Code.REFUSED)), (Tag.MESSAGE, reason.encode())],
                     )
                     return
-                while not self._stop.is_set():
-                    if not self._one_request(conn, peer):
-                        return
+                # one locked receive buffer per connection, zeroed after every request
+                with self._lock:
+                    receive = self._arena.alloc(MAX_PAYLOAD)
+                try:
+                    while not self._stop.is_set():
+                        if not self._one_request(conn, peer, receive):
+                            return
+                finally:
+                    with self._lock:
+                        if not self._arena.closed:
+                            self._arena.free(receive)
             except (ConnectionError, BrokenPipeError, TimeoutError):
                 return  # the client vanished; everyone else is unaffected
             except Exception:  # one connection must never take the broker down
                 log.exception("connection failed")
+            finally:
+                self._drop_mapping()
 
-    def _one_request(self, conn: socket.socket, peer: Peer) -> bool:
+    def _one_request(self, conn: socket.socket, peer: Peer, receive: Slot) -> bool:
         header_buf = bytearray(HEADER.size)
         fds: list[int] = []
         if _recv_exact(conn, memoryview(header_buf), fds) == 0:
             return False
         slots: list[Slot] = []
         request_id = 0
+        received = 0
         try:
             try:
                 header = parse_header(header_buf)
                 request_id = header.request_id
                 # requests may carry plaintext: receive it into locked (secretmem) memory
-                with self._lock:
-                    slots.append(self._arena.alloc(max(header.length, 1)))
-                payload = slots[0].view()[: header.length]
+                received = header.length
+                payload = receive.view()[: header.length]
                 if header.length and _recv_exact(conn, payload, fds) == 0:
                     return False
                 frame = parse_payload(header, payload)
@@ -401,9 +433,11 @@ class Broker:
         finally:
             for fd in fds:
                 os.close(fd)
-            with self._lock:
-                for slot in slots:
-                    self._arena.free(slot)  # zeroed
+            ctypes.memset(receive.addr, 0, received)
+            if slots:
+                with self._lock:
+                    for slot in slots:
+                        self._arena.free(slot)  # zeroed
 
     # -- lifetime ---------------------------------------------------------------------------
     def stop(self) -> None:

@@ -496,7 +496,7 @@ class _Bench:
                 measure(scan, samples=3, warmup=1),
                 transform=_per_second(size),
                 reason=f"{len(needles.patterns)} patterns: plaintext, key, decoy; "
-                "7 encodings, full and 16-byte fragments",
+                "7 encodings, full and partial (16 bytes of the secret)",
             )
         self.emit(
             "scanner",

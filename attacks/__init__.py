@@ -4,9 +4,10 @@
 """
 
 from ._base import BLOCKED, ERROR, OK, SKIPPED, Attack, AttackOutcome, attacker_class
-from ._proc_mem import ProcMem
+from ._gcore import Gcore, GcoreAll
+from ._proc_mem import ProcMem, VmReadv
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (ProcMem,)}
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (ProcMem, VmReadv, Gcore, GcoreAll)}
 
 __all__ = [
     "ATTACKS",

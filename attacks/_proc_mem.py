@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+from typing import ClassVar
 
 from ._base import BLOCKED, ERROR, Attack, AttackOutcome
 from .scan import Scanner
-from .sources import ProcessGoneError, ProcMemSource
+from .sources import ProcessGoneError, ProcMemSource, VmReadvSource
 
 KERNEL_PAGES = frozenset({"[vvar]", "[vvar_vclock]", "[vsyscall]"})
 
@@ -16,11 +17,12 @@ class ProcMem(Attack):
     name = "proc-mem"
     artefact = "live-memory"
     summary = "region list from /proc/PID/smaps, every region read through /proc/PID/mem"
+    source: ClassVar[type[ProcMemSource]] = ProcMemSource
 
     def _run(
         self, pid: int, scanner: Scanner, workdir: Path | None, outcome: AttackOutcome
     ) -> None:
-        source = ProcMemSource(pid)
+        source = self.source(pid)
         try:
             regions = source.regions()
             outcome.regions_total = len(regions)
@@ -53,3 +55,9 @@ class ProcMem(Attack):
                 f"{len(refused)} region(s), {total} bytes refused reads "
                 f"({source.stats.errors_text()}): {names}; the rest was scanned"
             )
+
+
+class VmReadv(ProcMem):
+    name = "vm-readv"
+    summary = "region list from /proc/PID/smaps, every region read with process_vm_readv"
+    source: ClassVar[type[ProcMemSource]] = VmReadvSource

@@ -65,12 +65,40 @@ def test_schema_and_metadata(run) -> None:
     assert (frame.bytes_scanned > 0).all()
 
 
-def test_plain_shows_plaintext_at_rest(run) -> None:
+@pytest.mark.parametrize("attack", ["proc-mem", "vm-readv", "gcore", "gcore-all"])
+def test_every_attack_finds_plain_at_rest(run, attack: str) -> None:
+    # the positive control: if this fails, a zero elsewhere means nothing
     _, _, frame = run
     assert (
-        _copies(frame, design="plain", victim="subject", phase="at-rest", needle_kind="plaintext")
+        _copies(
+            frame,
+            design="plain",
+            victim="subject",
+            phase="at-rest",
+            attack=attack,
+            needle_kind="plaintext",
+        )
         > 0
     )
+
+
+def test_gcore_honours_dontdump_and_gcore_all_does_not(run) -> None:
+    _, _, frame = run
+    for design in ("hardened", "keyring", "broker"):
+        cell = dict(design=design, victim="subject", phase="in-use", needle_kind="plaintext")
+        assert _copies(frame, **cell, attack="gcore") == 0, design  # reveal slot is dd
+        assert _copies(frame, **cell, attack="gcore-all") > 0, design
+
+
+def test_vm_readv_is_refused_by_prot_none_pages(run) -> None:
+    _, _, frame = run
+    rows = frame[
+        (frame.design == "hardened")
+        & (frame.attack == "vm-readv")
+        & (frame.victim == "subject")
+        & ~frame.status.isin(["n/a", "alias"])
+    ]
+    assert set(rows.status) == {"blocked"} and rows.read_errors.str.contains("EFAULT").all()
 
 
 def test_inproc_aead_holds_the_raw_key_but_no_plaintext_at_rest(run) -> None:
@@ -120,11 +148,19 @@ def test_hardened_designs_hold_no_plaintext_and_no_raw_key_at_rest(run, design: 
     assert all("PR_SET_DUMPABLE=0" in n and "downgrades=none" in n for n in notes)
 
 
+# Attacks that read memory and meet memfd_secret pages (gcore without -a never tries:
+# the pages are MADV_DONTDUMP, so its core simply leaves them out).
+READERS = ["proc-mem", "vm-readv", "gcore-all"]
+
+
 def test_secretmem_reads_are_reported_blocked_not_zero(run) -> None:
     _, _, frame = run
     rows = frame[(frame.design == "secretmem") & ~frame.status.isin(["n/a", "alias"])]
-    assert set(rows.status) == {"blocked"}
-    assert rows.reason.str.contains("refused reads").all()
+    readers = rows[rows.attack.isin(READERS)]
+    assert set(readers.status) == {"blocked"}
+    assert readers.reason.str.contains("refused reads|could not read").all()
+    dumped = rows[rows.attack == "gcore"]
+    assert set(dumped.status) == {"ok"} and dumped.reason.str.contains("excluded").all()
     assert (frame[frame.design == "plain"].status.isin(["ok", "n/a", "alias"])).all()
 
 
@@ -149,7 +185,7 @@ def test_the_broker_process_is_attacked_too(run) -> None:
     broker = frame[(frame.victim == "broker-process") & ~frame.status.isin(["n/a", "alias"])]
     assert set(broker.phase) == {"at-rest", "in-use", "released"}
     # keys in memfd_secret: the reads are refused and the rows say so
-    assert set(broker.status) == {"blocked"}
+    assert set(broker[broker.attack.isin(READERS)].status) == {"blocked"}
     assert int(broker[broker.needle_kind.isin(["key", "plaintext"])].copies.sum()) == 0
 
 
@@ -186,7 +222,14 @@ def _victims_of(pid: int) -> list[psutil.Process]:
         children = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-    return [p for p in children if "memcryptor_lab.lab.victim" in " ".join(p.cmdline())]
+    victims = []
+    for p in children:
+        try:
+            if "memcryptor_lab.lab.victim" in " ".join(p.cmdline()):
+                victims.append(p)
+        except psutil.Error:  # gone, or a zombie waiting to be reaped
+            pass
+    return victims
 
 
 def _start_run(out: Path) -> subprocess.Popen[bytes]:
@@ -228,7 +271,16 @@ def test_interrupted_run_leaves_nothing_behind(sig: int, tmp_path: Path) -> None
 
 def test_memlab_run_cli_prints_the_table_without_secrets(tmp_path: Path) -> None:
     out = memlab(
-        "run", "--out", str(tmp_path), "--quiet", "--designs", "plain", "--phases", "at-rest"
+        "run",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--designs",
+        "plain",
+        "--phases",
+        "at-rest",
+        "--attacks",
+        "proc-mem",
     )
     assert "plain" in out.stdout and "subject" in out.stdout and "control" in out.stdout
     (run_dir,) = tmp_path.iterdir()

@@ -140,3 +140,26 @@ def test_cli_front_reports_without_secret_bytes(holder: Holder, tmp_path) -> Non
     assert raw["copies"] >= 1
     for form in (holder.marker, holder.marker.hex().encode(), holder.marker.hex().upper().encode()):
         assert form not in out.stdout + out.stderr
+
+
+def test_vm_readv_positive_control_and_prot_none_refusal(
+    holder: Holder, prot_none_holder: Holder
+) -> None:
+    outcome = ATTACKS["vm-readv"]().run(holder.pid, _scanner(holder.marker))
+    assert outcome.status == OK and _copies(outcome, "plaintext") >= 1
+    # process_vm_readv does not force access: a PROT_NONE page fails with EFAULT, counted
+    outcome = ATTACKS["vm-readv"]().run(prot_none_holder.pid, _scanner(prot_none_holder.marker))
+    assert outcome.status == BLOCKED and outcome.stats.errors.get("EFAULT", 0) >= 1
+    assert _copies(outcome, "plaintext") == 0
+
+
+@pytest.mark.parametrize("attack", ["gcore", "gcore-all"])
+def test_gcore_finds_the_marker_and_deletes_its_core(holder: Holder, tmp_path, attack) -> None:
+    if ATTACKS[attack].supported() is not None:
+        pytest.skip(ATTACKS[attack].supported())
+    outcome = ATTACKS[attack]().run(holder.pid, _scanner(holder.marker), tmp_path)
+    assert outcome.status == OK, outcome.reason
+    assert _copies(outcome, "plaintext") >= 1 and _copies(outcome, "decoy") == 0
+    regions = {h.region.name for h in outcome.hits if h.form == FULL}
+    assert regions <= {"[anon]", "[heap]"}  # attributed through the live smaps
+    assert list(tmp_path.iterdir()) == []  # the core held the victim's memory: deleted

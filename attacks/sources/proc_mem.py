@@ -42,9 +42,18 @@ class ProcMemSource:
                 raise ProcessGoneError(f"process {self.pid} does not exist") from None
         return self._regions
 
+    def _open(self) -> int:
+        return os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+
+    def _close(self, handle: int) -> None:
+        os.close(handle)
+
+    def _read_at(self, handle: int, target: memoryview, address: int) -> int:
+        return _read_at(handle, target, address)
+
     def chunks(self) -> Iterator[Chunk]:
         regions = self.regions()
-        fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        fd = self._open()
         buffer = bytearray(self._chunk_bytes)
         view = memoryview(buffer)
         try:
@@ -61,14 +70,14 @@ class ProcMemSource:
                     self._stats.regions_partial += 1
         finally:
             view.release()
-            os.close(fd)
+            self._close(fd)
 
     def _read_region(self, fd: int, region: Region, view: memoryview) -> Iterator[Chunk]:
         address = region.start
         while address < region.end:
             want = min(len(view), region.end - address)
             try:
-                got = _read_at(fd, view[:want], address)
+                got = self._read_at(fd, view[:want], address)
             except OSError:
                 # Salvage page by page: one bad page must not hide the rest of the chunk.
                 yield from self._read_pages(fd, region, view, address, address + want)
@@ -88,7 +97,7 @@ class ProcMemSource:
         for address in range(start, end, PAGE):
             size = min(PAGE, end - address)
             try:
-                got = _read_at(fd, page[:size], address)
+                got = self._read_at(fd, page[:size], address)
             except OSError as exc:
                 self._stats.record_error(exc.errno or 0, size)
                 continue

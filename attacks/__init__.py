@@ -4,10 +4,13 @@
 """
 
 from ._base import BLOCKED, ERROR, OK, SKIPPED, Attack, AttackOutcome, attacker_class
+from ._crash_core import CrashCore
 from ._gcore import Gcore, GcoreAll
 from ._proc_mem import ProcMem, VmReadv
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (ProcMem, VmReadv, Gcore, GcoreAll)}
+ATTACKS: dict[str, type[Attack]] = {
+    cls.name: cls for cls in (ProcMem, VmReadv, Gcore, GcoreAll, CrashCore)
+}
 
 __all__ = [
     "ATTACKS",

@@ -51,6 +51,8 @@ class Attack(ABC):
     name: ClassVar[str]
     artefact: ClassVar[str]
     summary: ClassVar[str]
+    # kills its target: the lab gives such an attack a victim of its own
+    destructive: ClassVar[bool] = False
 
     @classmethod
     def supported(cls) -> str | None:

@@ -21,12 +21,14 @@ import psutil
 import pytest
 from conftest import memlab, needs_root
 
+from attacks._crash_core import CORE_PATTERN
 from attacks.scan import FULL, NeedleSet, Scanner, Secret
 from attacks.sources import FileSource
 from memcryptor_lab.lab import SCHEMA_VERSION, LabSecrets, load_results, run_matrix
 
 pytestmark = [needs_root(), pytest.mark.integration]
 ROOT = Path(__file__).resolve().parent.parent
+ORIGINAL_CORE_PATTERN = CORE_PATTERN.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +64,10 @@ def test_schema_and_metadata(run) -> None:
     }
     assert set(frame.phase) == {"at-rest", "in-use", "released"}
     assert set(frame.victim) == {"subject", "control", "broker-process"}
-    assert (frame.bytes_scanned > 0).all()
+    assert (frame[frame.status == "ok"].bytes_scanned > 0).all()
 
 
-@pytest.mark.parametrize("attack", ["proc-mem", "vm-readv", "gcore", "gcore-all"])
+@pytest.mark.parametrize("attack", ["proc-mem", "vm-readv", "gcore", "gcore-all", "crash-core"])
 def test_every_attack_finds_plain_at_rest(run, attack: str) -> None:
     # the positive control: if this fails, a zero elsewhere means nothing
     _, _, frame = run
@@ -88,6 +90,21 @@ def test_gcore_honours_dontdump_and_gcore_all_does_not(run) -> None:
         cell = dict(design=design, victim="subject", phase="in-use", needle_kind="plaintext")
         assert _copies(frame, **cell, attack="gcore") == 0, design  # reveal slot is dd
         assert _copies(frame, **cell, attack="gcore-all") > 0, design
+
+
+def test_crash_cores_are_blocked_by_the_hardened_processes(run) -> None:
+    _, _, frame = run
+    crash = frame[
+        (frame.attack == "crash-core")
+        & (frame.victim == "subject")
+        & ~frame.status.isin(["n/a", "alias"])
+    ]
+    for design in ("hardened", "secretmem", "keyring"):
+        rows = crash[crash.design == design]
+        assert set(rows.status) == {"blocked"}, design
+        assert rows.reason.str.contains("RLIMIT_CORE 0|non-dumpable").all()
+    assert set(crash[crash.design.isin(["plain", "inproc-aead", "broker"])].status) == {"ok"}
+    assert CORE_PATTERN.read_text() == ORIGINAL_CORE_PATTERN  # put back after every crash
 
 
 def test_vm_readv_is_refused_by_prot_none_pages(run) -> None:
@@ -264,6 +281,7 @@ def test_interrupted_run_leaves_nothing_behind(sig: int, tmp_path: Path) -> None
     if sig == signal.SIGKILL:
         return  # no handler runs; PR_SET_PDEATHSIG took the victims down
     assert proc.returncode == 130, stderr.decode()
+    assert CORE_PATTERN.read_text() == ORIGINAL_CORE_PATTERN
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "memlab-*"))) == workdirs_before
     (run_dir,) = tmp_path.iterdir()
     assert json.loads((run_dir / "meta.json").read_text())["status"] == "interrupted"

@@ -163,3 +163,17 @@ def test_gcore_finds_the_marker_and_deletes_its_core(holder: Holder, tmp_path, a
     regions = {h.region.name for h in outcome.hits if h.form == FULL}
     assert regions <= {"[anon]", "[heap]"}  # attributed through the live smaps
     assert list(tmp_path.iterdir()) == []  # the core held the victim's memory: deleted
+
+
+def test_crash_core_finds_the_marker_and_restores_core_pattern(holder: Holder, tmp_path) -> None:
+    from attacks._crash_core import CORE_PATTERN
+
+    if ATTACKS["crash-core"].supported() is not None:
+        pytest.skip(ATTACKS["crash-core"].supported())
+    before = CORE_PATTERN.read_text()
+    outcome = ATTACKS["crash-core"]().run(holder.pid, _scanner(holder.marker), tmp_path)
+    assert outcome.status == OK, outcome.reason
+    assert _copies(outcome, "plaintext") >= 1 and _copies(outcome, "decoy") == 0
+    assert CORE_PATTERN.read_text() == before
+    assert list(tmp_path.iterdir()) == []
+    assert holder.proc.wait(timeout=10) == -6  # SIGABRT: the attack kills its target

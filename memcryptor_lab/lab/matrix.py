@@ -8,6 +8,7 @@ victim runs the same design with throwaway secrets and is scanned for the run's 
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
@@ -322,6 +323,10 @@ def run_matrix(
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}; phases: {', '.join(PHASES)}")
 
+    from attacks._crash_core import restore_core_pattern
+
+    with contextlib.suppress(OSError):  # a harness killed mid-crash-core left it changed
+        restore_core_pattern()
     owned_secrets = lab_secrets is None
     truth = lab_secrets or LabSecrets.generate(secret_kind)
     needles = truth.needle_set()
@@ -487,17 +492,13 @@ def _walk_victim(
     # The control victim gets throwaway secrets of the same shape, and is searched for
     # the run's secrets: whatever it shows is a false positive of the method.
     given = truth if role == "subject" else LabSecrets.generate(truth.kind, truth.length)
+    lasting = [a for a in attacks if not ATTACKS[a].destructive]
+    killing = [a for a in attacks if ATTACKS[a].destructive]
     try:
         with Victim(design) as victim:
             victim.load(given.plaintext, given.key)
-            for phase in PHASES:
-                if phase == "in-use":
-                    victim.use(given.plaintext)
-                elif phase == "released":
-                    victim.release()
-                if phase not in phases:
-                    continue
-                for attack_name in attacks:
+            for phase in _walk(victim, given, phases):
+                for attack_name in lasting:
                     if progress:
                         progress(f"{design} {role} {phase} {attack_name}")
                     outcome = ATTACKS[attack_name]().run(victim.pid, scanner, workdir)
@@ -518,6 +519,45 @@ def _walk_victim(
                             outcome,
                             victim.notes,
                         )
+        # an attack that kills its target gets a fresh victim walked to each phase
+        for attack_name in killing:
+            for wanted in phases:
+                with Victim(design) as victim:
+                    victim.load(given.plaintext, given.key)
+                    for phase in _walk(victim, given, phases):
+                        if phase != wanted:
+                            continue
+                        if progress:
+                            progress(f"{design} {role} {phase} {attack_name}")
+                        outcome = ATTACKS[attack_name]().run(victim.pid, scanner, workdir)
+                        cell = {
+                            "design": design,
+                            "attack": attack_name,
+                            "victim": role,
+                            "phase": phase,
+                        }
+                        emit(cell, outcome, victim.notes)
+                        for target in extra_targets:  # the broker serves everyone: spare it
+                            emit(
+                                {**cell, "victim": target},
+                                _skipped(
+                                    ATTACKS[attack_name],
+                                    "would kill the shared broker; run it on its own",
+                                ),
+                                victim.notes,
+                            )
+                        break
     finally:
         if given is not truth:
             given.wipe()
+
+
+def _walk(victim: Victim, given: LabSecrets, phases: Sequence[str]) -> Iterator[str]:
+    """Take the victim through the phases in order; yield those to attack."""
+    for phase in PHASES:
+        if phase == "in-use":
+            victim.use(given.plaintext)
+        elif phase == "released":
+            victim.release()
+        if phase in phases:
+            yield phase

@@ -91,6 +91,8 @@ class Protector(ABC):
     key_location: ClassVar[str]
     # True where the key lives in another process: its floor is an IPC round trip
     out_of_process: ClassVar[bool] = False
+    # True where opening the design hardens the whole process (see open_design)
+    hardens_process: ClassVar[bool] = False
 
     @classmethod
     def supported(cls) -> str | None:

@@ -21,13 +21,16 @@ def open_design(
     *,
     key_fd: int | None = None,
     key_buffer: bytearray | memoryview | None = None,
+    harden_process: bool = True,
     **options: Any,
 ) -> Protector:
     """Create a protector of the named design, or raise a named error saying why not.
 
     `options` go to the design: the arena designs take `allow_downgrade` (a set of
-    'mlock', 'dontdump', 'wipeonfork') and `harden_process`; `broker` takes `socket_path`
-    and `autostart`.
+    'mlock', 'dontdump', 'wipeonfork'); `broker` takes `socket_path`, `autostart`, `scope`.
+    `harden_process=False` skips PR_SET_DUMPABLE 0 and RLIMIT_CORE 0 where a design applies
+    them: they are process-wide and inherited by children (a hard RLIMIT_CORE 0 cannot be
+    raised again without CAP_SYS_RESOURCE), so harnesses and test runners pass False.
     """
     try:
         cls = DESIGNS[name]
@@ -38,4 +41,6 @@ def open_design(
     reason = cls.supported()
     if reason is not None:
         raise DesignUnsupportedError(f"design {name!r} cannot run here: {reason}")
+    if cls.hardens_process:
+        options["harden_process"] = harden_process
     return cls(key_fd=key_fd, key_buffer=key_buffer, **options)

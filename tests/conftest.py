@@ -65,6 +65,17 @@ def _stop(holder: Holder) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def runner_stays_unhardened() -> Iterator[None]:
+    """Fail the session if a test hardened the pytest process itself: its children would
+    inherit a hard RLIMIT_CORE 0 that cannot be lifted (seen in CI: crash-core found none)."""
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_CORE)
+    yield
+    assert resource.getrlimit(resource.RLIMIT_CORE) == before, "a test hardened the runner"
+
+
+@pytest.fixture(scope="session", autouse=True)
 def broker_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real broker for the whole session, so the `broker` design runs like the others."""
     from memcryptor_lab.broker import start_broker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -9,6 +10,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import memcryptor_lab as mc
 from memcryptor_lab.broker import WrongScopeError
+
+# The pytest process must not harden itself: its children (victims, holders) would inherit
+# a hard RLIMIT_CORE 0 that nothing here can lift, and crash-core would find no core.
+open_design = functools.partial(mc.open_design, harden_process=False)
 
 PINNED_API = {
     "DESIGNS",
@@ -57,7 +62,7 @@ def _pipe_with(data: bytes) -> int:
 
 @pytest.mark.parametrize("name", DESIGN_NAMES)
 def test_seal_fd_reveal_destroy(name: str) -> None:
-    with mc.open_design(name) as protector:
+    with open_design(name) as protector:
         fd = _pipe_with(SECRET)
         sealed = protector.seal_fd(fd, len(SECRET))
         os.close(fd)
@@ -75,7 +80,7 @@ def test_seal_fd_reveal_destroy(name: str) -> None:
 
 @pytest.mark.parametrize("name", DESIGN_NAMES)
 def test_seal_buffer_wipes_the_callers_buffer(name: str) -> None:
-    with mc.open_design(name) as protector:
+    with open_design(name) as protector:
         buffer = bytearray(SECRET)
         sealed = protector.seal_buffer(buffer)
         assert buffer == bytearray(len(SECRET))
@@ -105,7 +110,7 @@ def test_plain_is_the_naive_baseline() -> None:
 
 @pytest.mark.parametrize("name", DESIGN_NAMES)
 def test_short_secret_read_is_a_named_error(name: str) -> None:
-    with mc.open_design(name) as protector:
+    with open_design(name) as protector:
         fd = _pipe_with(SECRET[:5])
         with pytest.raises(mc.InputError, match="closed after 5"):
             protector.seal_fd(fd, len(SECRET))
@@ -116,7 +121,7 @@ def test_short_secret_read_is_a_named_error(name: str) -> None:
 @pytest.mark.parametrize("size", [0, 1, 32, 4096, 1 << 20])
 def test_encrypt_decrypt_round_trip(name: str, size: int) -> None:
     data = os.urandom(size)
-    with mc.open_design(name) as protector:
+    with open_design(name) as protector:
         blob = protector.encrypt(data, aad=b"ctx")
         # header (magic, version, nonce; the broker's also names instance and scope) + tag
         assert len(blob) == size + (48 if name == "broker" else 32)
@@ -129,18 +134,18 @@ def test_blob_is_standard_aes_256_gcm_under_the_given_key(name: str) -> None:
         pytest.skip("the broker's blob names its instance and scope: its own format")
     key = os.urandom(32)
     fd = _pipe_with(key)
-    with mc.open_design(name, key_fd=fd) as protector:
+    with open_design(name, key_fd=fd) as protector:
         blob = bytes(protector.encrypt(b"payload", aad=b"a"))
     os.close(fd)
     header, body = blob[:16], blob[16:]
     assert AESGCM(key).decrypt(header[4:16], body, header + b"a") == b"payload"
-    with mc.open_design(name, key_buffer=bytearray(key)) as other:
+    with open_design(name, key_buffer=bytearray(key)) as other:
         assert other.decrypt(blob, aad=b"a") == b"payload"
 
 
 @pytest.mark.parametrize("name", DESIGN_NAMES)
 def test_tampering_wrong_key_and_wrong_aad_raise_tampered(name: str) -> None:
-    with mc.open_design(name) as protector, mc.open_design(name) as stranger:
+    with open_design(name) as protector, open_design(name) as stranger:
         blob = protector.encrypt(b"x" * 100, aad=b"a")
         # the nonce, the ciphertext, the tag (the broker's header is 32 bytes, not 16)
         nonce_at = 25 if name == "broker" else 10
@@ -158,7 +163,7 @@ def test_tampering_wrong_key_and_wrong_aad_raise_tampered(name: str) -> None:
 
 @pytest.mark.parametrize("name", DESIGN_NAMES)
 def test_malformed_blobs_raise_malformed(name: str) -> None:
-    with mc.open_design(name) as protector:
+    with open_design(name) as protector:
         blob = protector.encrypt(b"data")
         with pytest.raises(mc.MalformedBlobError, match="shorter"):
             protector.decrypt(blob[:20])
@@ -171,8 +176,8 @@ def test_malformed_blobs_raise_malformed(name: str) -> None:
 @pytest.mark.parametrize("name", DESIGN_NAMES)
 def test_wrong_key_length_and_closed_protector(name: str) -> None:
     with pytest.raises(mc.InputError, match="32 bytes"):
-        mc.open_design(name, key_buffer=bytearray(16))
-    protector = mc.open_design(name)
+        open_design(name, key_buffer=bytearray(16))
+    protector = open_design(name)
     sealed = protector.seal_buffer(bytearray(SECRET))
     protector.close()
     assert sealed.destroyed

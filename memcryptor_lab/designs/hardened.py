@@ -93,6 +93,7 @@ class _ArenaProtector(Protector):
     """Shared machinery: arenas, sealed slots, process hardening. Subclasses place the key."""
 
     backing: ClassVar[str] = "anonymous"
+    hardens_process = True
 
     def __init__(
         self,

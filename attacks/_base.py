@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from .scan import Finding, Hit, Scanner
-from .sources import ReadStats
+from .sources import ReadStats, Region
 
 OK, BLOCKED, SKIPPED, ERROR = "ok", "blocked", "skipped", "error"
 
@@ -76,3 +76,21 @@ class Attack(ABC):
     def _run(
         self, pid: int, scanner: Scanner, workdir: Path | None, outcome: AttackOutcome
     ) -> None: ...
+
+
+def scan_core(
+    core: Path, live: list[Region], scanner: Scanner, outcome: AttackOutcome
+) -> tuple[int, int, int]:
+    """Scan an ELF core into `outcome`, then delete it (it holds the victim's memory).
+    Returns (core bytes, segments dumped, segments excluded)."""
+    from .sources import ElfCoreSource
+
+    source = ElfCoreSource(core, live)
+    try:
+        outcome.regions_total = len(source.regions())
+        outcome.hits = scanner.scan(source)
+        outcome.stats = source.stats
+        outcome.findings = scanner.summarize(outcome.hits)
+        return core.stat().st_size, source.segments_dumped, source.segments_excluded
+    finally:
+        core.unlink(missing_ok=True)

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._base import BLOCKED, ERROR, Attack, AttackOutcome
+from ._base import BLOCKED, ERROR, Attack, AttackOutcome, scan_core
 from .scan import Scanner
-from .sources import ElfCoreSource, read_regions
+from .sources import read_regions
 
 CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
 SAVED_PATTERN = Path(tempfile.gettempdir()) / "memlab-core_pattern.saved"
@@ -108,7 +108,6 @@ class CrashCore(Attack):
             outcome.status, outcome.reason = ERROR, f"process {pid} does not exist"
             return
         with tempfile.TemporaryDirectory(prefix="crash-", dir=workdir) as private:
-            os.chmod(private, 0o700)
             with core_pattern(f"{private}/core.%p"):
                 refusal = _raise_core_limit(pid)
                 if refusal is not None:
@@ -127,14 +126,5 @@ class CrashCore(Attack):
                     else "no core written (coredump_filter or RLIMIT_CORE)"
                 )
                 return
-            core = cores[0]
-            source = ElfCoreSource(core, live)
-            outcome.regions_total = len(source.regions())
-            outcome.hits = scanner.scan(source)
-            outcome.stats = source.stats
-            outcome.findings = scanner.summarize(outcome.hits)
-            outcome.reason = (
-                f"core of {core.stat().st_size} bytes: {source.segments_dumped} "
-                f"segments dumped, {source.segments_excluded} excluded"
-            )
-            core.unlink()
+            size, dumped, excluded = scan_core(cores[0], live, scanner, outcome)
+            outcome.reason = f"core of {size} bytes: {dumped} segments dumped, {excluded} excluded"

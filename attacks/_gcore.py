@@ -14,10 +14,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ._base import BLOCKED, ERROR, Attack, AttackOutcome
+from ._base import BLOCKED, ERROR, Attack, AttackOutcome, scan_core
 from ._proc_mem import KERNEL_PAGES
 from .scan import Scanner
-from .sources import ElfCoreSource, read_regions
+from .sources import read_regions
 
 _READ_FAILED = re.compile(r"Memory read failed for corefile section, (\d+) bytes at (0x[0-9a-f]+)")
 GCORE_TIMEOUT_S = 300
@@ -59,18 +59,9 @@ class Gcore(Attack):
                 outcome.status = BLOCKED if "ptrace" in last[0].lower() else ERROR
                 outcome.reason = f"gcore failed ({done.returncode}): {last[0][:200]}"
                 return
-            source = ElfCoreSource(core, live)
-            outcome.regions_total = len(source.regions())
-            outcome.hits = scanner.scan(source)
-            outcome.stats = source.stats
-            outcome.findings = scanner.summarize(outcome.hits)
-            size = core.stat().st_size
-            core.unlink()  # holds the victim's memory: gone as soon as it is scanned
+            size, dumped, excluded = scan_core(core, live, scanner, outcome)
         refused = _refused_sections(done.stdout + done.stderr, live)
-        outcome.reason = (
-            f"core of {size} bytes: {source.segments_dumped} segments dumped, "
-            f"{source.segments_excluded} excluded"
-        )
+        outcome.reason = f"core of {size} bytes: {dumped} segments dumped, {excluded} excluded"
         if refused:
             outcome.status = BLOCKED
             outcome.reason += (

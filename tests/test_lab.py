@@ -25,6 +25,7 @@ from attacks._crash_core import CORE_PATTERN
 from attacks.scan import FULL, NeedleSet, Scanner, Secret
 from attacks.sources import FileSource
 from memcryptor_lab.lab import SCHEMA_VERSION, LabSecrets, load_results, run_matrix
+from memcryptor_lab.lab.matrix import sweep_stale_workdirs
 
 pytestmark = [needs_root(), pytest.mark.integration]
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,7 +280,11 @@ def test_interrupted_run_leaves_nothing_behind(sig: int, tmp_path: Path) -> None
     psutil.wait_procs(victims, timeout=10)
     assert not [v for v in victims if v.is_running() and v.status() != psutil.STATUS_ZOMBIE]
     if sig == signal.SIGKILL:
-        return  # no handler runs; PR_SET_PDEATHSIG took the victims down
+        # no handler runs: PR_SET_PDEATHSIG took the victims down, and the next run sweeps
+        # the dead harness's private directory
+        sweep_stale_workdirs()
+        assert set(glob.glob(os.path.join(tempfile.gettempdir(), "memlab-*"))) == workdirs_before
+        return
     assert proc.returncode == 130, stderr.decode()
     assert CORE_PATTERN.read_text() == ORIGINAL_CORE_PATTERN
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "memlab-*"))) == workdirs_before

@@ -217,15 +217,50 @@ class Victim:
         self.close()
 
 
+WORKDIR_PREFIX = "memlab-"
+OWNER_FILE = ".owner"
+
+
+def _identity(pid: int) -> str:
+    """pid and start time: a reused pid is another process."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return f"{pid} {stat.read().rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return f"{pid} gone"
+
+
+def sweep_stale_workdirs() -> list[Path]:
+    """Remove the private directories of harnesses that no longer run (or kept ones: no)."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            owner = (path / OWNER_FILE).read_text()
+        except OSError:
+            continue  # not ours, or kept on purpose without an owner
+        pid = int(owner.split()[0])
+        if _identity(pid) != owner:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 @contextmanager
 def private_workdir(keep: bool = False) -> Iterator[Path]:
-    """A 0700 directory for dumps and cores, removed afterwards unless `keep`."""
-    path = Path(tempfile.mkdtemp(prefix="memlab-"))
+    """A 0700 directory for dumps and cores, removed afterwards unless `keep`.
+
+    It names its owner (pid and start time), so that the directory of a harness killed
+    with SIGKILL, whose `finally` never ran, is removed by the next run."""
+    sweep_stale_workdirs()
+    path = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
     os.chmod(path, 0o700)
+    (path / OWNER_FILE).write_text(_identity(os.getpid()))
     try:
         yield path
     finally:
-        if not keep:
+        if keep:
+            (path / OWNER_FILE).unlink(missing_ok=True)  # kept: no sweep may take it
+        else:
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -521,12 +521,19 @@ class _Bench:
         scanner = Scanner(truth.needle_set())
         mib = self.profile.attack_victim_mib
         self.progress(f"attacks: starting a {mib} MiB victim")
-        with Victim("plain", ballast_mib=mib) as victim:
-            victim.load(truth.plaintext, truth.key)
-            for name in attacks:
+        # attacks that kill their target run last, each on a victim of its own
+        ordered = sorted(attacks, key=lambda name: ATTACKS[name].destructive)
+        victim: Victim | None = None
+        try:
+            for name in ordered:
+                if victim is None or ATTACKS[name].destructive:
+                    if victim is not None:
+                        victim.close()
+                    victim = Victim("plain", ballast_mib=mib)
+                    victim.load(truth.plaintext, truth.key)
                 self.progress(f"attacks: {name} on a {mib} MiB victim")
-                outcome = ATTACKS[name]().run(victim.pid, scanner)
-                status = "ok" if outcome.status == "ok" else outcome.status
+                with private_workdir() as workdir:
+                    outcome = ATTACKS[name]().run(victim.pid, scanner, workdir)
                 self.emit(
                     "attack",
                     name,
@@ -536,9 +543,12 @@ class _Bench:
                     "s",
                     "lower",
                     value=outcome.duration_s,
-                    status=status,
+                    status=outcome.status,
                     reason=outcome.reason or f"victim of {mib} MiB ballast, plain design",
                 )
+        finally:
+            if victim is not None:
+                victim.close()
         truth.wipe()
 
 

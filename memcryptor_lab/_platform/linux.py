@@ -20,7 +20,7 @@ _libc.mmap.argtypes = [
     ctypes.c_int,
     ctypes.c_long,
 ]
-for _name in ("munmap", "mprotect", "mlock", "munlock", "madvise"):
+for _name in ("munmap", "mprotect", "mlock", "madvise"):
     getattr(_libc, _name).argtypes = [ctypes.c_void_p, ctypes.c_size_t] + (
         [ctypes.c_int] if _name in ("mprotect", "madvise") else []
     )
@@ -37,11 +37,12 @@ MADV_WIPEONFORK = 18
 SYS_MEMFD_SECRET = 447
 SYS_ADD_KEY = 248
 SYS_KEYCTL = 250
-KEYCTL_REVOKE, KEYCTL_UNLINK, KEYCTL_READ, KEYCTL_INVALIDATE = 3, 9, 11, 21
+KEYCTL_READ, KEYCTL_INVALIDATE = 11, 21
 KEY_SPEC_PROCESS_KEYRING = -2
 
 
 def _check(result: int, what: str) -> int:
+    """libc and raw syscalls return -1 and set errno on failure."""
     if result == -1:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
@@ -108,37 +109,17 @@ def lock(addr: int, size: int) -> None:
     _check(_libc.mlock(addr, size), "mlock")
 
 
-def unlock(addr: int, size: int) -> None:
-    _check(_libc.munlock(addr, size), "munlock")
-
-
 def advise(addr: int, size: int, advice: int) -> None:
     _check(_libc.madvise(addr, size, advice), f"madvise({advice})")
 
 
 def memfd_secret() -> int:
     """A memfd_secret descriptor; OSError(ENOSYS) where the kernel lacks it."""
-    fd = _libc.syscall(SYS_MEMFD_SECRET, 0)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"memfd_secret: {os.strerror(err)}")
-    return int(fd)
+    return _check(_libc.syscall(SYS_MEMFD_SECRET, 0), "memfd_secret")
 
 
 def memlock_limit() -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_MEMLOCK)
-
-
-def can_lock_unlimited() -> bool:
-    """CAP_IPC_LOCK (root, usually) ignores RLIMIT_MEMLOCK."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) & (1 << 14))
-    except OSError:
-        pass
-    return False
 
 
 # -- kernel keyring -------------------------------------------------------------------------
@@ -173,10 +154,7 @@ def add_user_key(
         ctypes.c_size_t(length),
         ctypes.c_int(keyring),
     )
-    if serial < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"add_key: {os.strerror(err)}")
-    return int(serial)
+    return _check(serial, "add_key")
 
 
 def read_key(serial: int, addr: int, length: int) -> int:
@@ -187,10 +165,7 @@ def read_key(serial: int, addr: int, length: int) -> int:
         ctypes.c_void_p(addr),
         ctypes.c_size_t(length),
     )
-    if n < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"keyctl(READ, {serial}): {os.strerror(err)}")
-    return int(n)
+    return _check(n, f"keyctl(READ, {serial})")
 
 
 def invalidate_key(serial: int) -> None:

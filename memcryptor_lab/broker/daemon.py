@@ -548,5 +548,11 @@ def run(config: BrokerConfig, *, harden: bool = True) -> int:
         broker.serve_forever()
     finally:
         broker.close()
-        log.info("stopped; keys wiped (they are not persisted)")
+        log.info(
+            "stopped after %d connections (%d refused, %d protocol errors); keys wiped "
+            "(they are not persisted)",
+            broker.connections,
+            broker.refused,
+            broker.protocol_errors,
+        )
     return 0

@@ -32,6 +32,9 @@ class AttackOutcome:
     stats: ReadStats = field(default_factory=ReadStats)
     duration_s: float = 0.0
     regions_total: int = 0
+    # later moments of the same acquisition, e.g. [("after-exit", outcome)] from swap:
+    # the lab emits each as a row of that phase
+    follow_ups: list[tuple[str, AttackOutcome]] = field(default_factory=list)
 
 
 def attacker_class(pid: int) -> str:

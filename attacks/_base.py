@@ -71,6 +71,12 @@ class Attack(ABC):
         started = time.perf_counter()
         try:
             self._run(pid, scanner, workdir, outcome)
+        except PermissionError as exc:
+            # the kernel's ptrace access check: a non-dumpable process (or another user's)
+            # refuses even its own uid; only root with CAP_SYS_PTRACE gets past it
+            outcome.status = BLOCKED
+            outcome.reason = f"access refused ({exc.strerror}) to {exc.filename or 'the process'}"
+            outcome.reason += "; the target is non-dumpable or not this user's"
         finally:
             outcome.duration_s = time.perf_counter() - started
         return outcome

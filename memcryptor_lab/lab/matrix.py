@@ -29,7 +29,8 @@ from typing import Any
 
 from .._registry import DESIGNS
 from .._wipe import wipe
-from ._phases import PHASES
+from ._attacker import ATTACKER_CLASSES, ROOT, attacker_supported, lab_identity, run_as
+from ._phases import EXPOSURE_PHASES, PHASES
 from .results import (
     SCHEMA_VERSION,
     HitRow,
@@ -100,8 +101,12 @@ class LabSecrets:
 class Victim:
     """One victim process. Use as a context manager: it is always reaped."""
 
-    def __init__(self, design: str, ballast_mib: int = 0) -> None:
+    def __init__(
+        self, design: str, ballast_mib: int = 0, run_as: tuple[int, int] | None = None
+    ) -> None:
+        """`run_as`: (uid, gid) the victim drops to before it is given anything."""
         self.design = design
+        self.run_as = run_as
         secret_r, self._secret_w = os.pipe()
         key_r, self._key_w = os.pipe()
         self._use_harness, use_victim = socket.socketpair()
@@ -121,6 +126,7 @@ class Victim:
                 str(use_victim.fileno()),
                 "--ballast-mib",
                 str(ballast_mib),
+                *(["--run-as", f"{run_as[0]}:{run_as[1]}"] if run_as else []),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -191,6 +197,10 @@ class Victim:
 
     def release(self) -> None:
         self._send(cmd="release")
+
+    def collect(self) -> None:
+        """A forced garbage collection in the victim (after release)."""
+        self._send(cmd="collect")
 
     def close(self) -> None:
         for fd in (self._secret_w, self._key_w):
@@ -289,18 +299,28 @@ def terminate_as_interrupt() -> Iterator[Callable[[], None]]:
 
 
 @contextmanager
-def broker_for(designs: Sequence[str], workdir: Path) -> Iterator[int | None]:
+def broker_for(
+    designs: Sequence[str], workdir: Path, attackers: Sequence[str] = (ROOT,)
+) -> Iterator[int | None]:
     """A broker for this run when the broker design is in it: its pid, or None.
 
     Scoped per process (like DPAPI's SAME_PROCESS), so subject and control victims have
-    separate keys. Victims find it through MEMLAB_BROKER_SOCKET."""
+    separate keys. Victims find it through MEMLAB_BROKER_SOCKET. It runs as root, a system
+    service; when victims also run as the lab uid it serves that uid too, on an abstract
+    socket (no file permissions: SO_PEERCRED and the uid allow-list are the door)."""
     if "broker" not in designs or DESIGNS["broker"].supported() is not None:
         yield None
         return
     from ..broker.client import start_broker
 
-    address = str(workdir / "broker" / "broker.sock")
-    proc = start_broker(address, identity="process", tied=True)
+    if any(a != ROOT and attacker_supported(a) is None for a in attackers):
+        address = f"@memlab-broker-{secrets.token_hex(8)}"
+        proc = start_broker(
+            address, identity="process", tied=True, allow_uids=(os.geteuid(), lab_identity()[0])
+        )
+    else:
+        address = str(workdir / "broker" / "broker.sock")
+        proc = start_broker(address, identity="process", tied=True)
     previous = os.environ.get("MEMLAB_BROKER_SOCKET")
     os.environ["MEMLAB_BROKER_SOCKET"] = address
     try:
@@ -337,6 +357,7 @@ def run_matrix(
     attacks: Sequence[str] | None = None,
     phases: Sequence[str] = PHASES,
     *,
+    attackers: Sequence[str] = ATTACKER_CLASSES,
     secret_kind: str = "unicode",
     lab_secrets: LabSecrets | None = None,
     keep_artefacts: bool = False,
@@ -355,8 +376,13 @@ def run_matrix(
         if name not in ATTACKS:
             raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
     for phase in phases:
-        if phase not in PHASES:
-            raise ValueError(f"unknown phase {phase!r}; phases: {', '.join(PHASES)}")
+        if phase not in EXPOSURE_PHASES:
+            raise ValueError(f"unknown phase {phase!r}; phases: {', '.join(EXPOSURE_PHASES)}")
+    for attacker in attackers:
+        if attacker not in ATTACKER_CLASSES:
+            raise ValueError(
+                f"unknown attacker class {attacker!r}; known: {', '.join(ATTACKER_CLASSES)}"
+            )
 
     from attacks._crash_core import restore_core_pattern
 
@@ -379,6 +405,7 @@ def run_matrix(
         "designs": designs,
         "attacks": attacks,
         "phases": list(phases),
+        "attackers": list(attackers),
         "secret_kind": secret_kind,
         "secret_len": len(truth.plaintext),
         "key_len": len(truth.key),
@@ -395,6 +422,10 @@ def run_matrix(
     def emit(cell: dict[str, Any], outcome: Any, design_notes: str = "") -> None:
         check_interrupted()
         from attacks.scan import reportable_hits, summarize
+
+        for moment, follow_up in outcome.follow_ups:  # e.g. swap after the victim exited
+            follow_up.attacker = outcome.attacker
+            emit({**cell, "phase": moment}, follow_up, design_notes)
 
         findings = outcome.findings or summarize(needles, [])
         for f in findings:
@@ -449,42 +480,50 @@ def run_matrix(
         with (
             terminate_as_interrupt() as check_interrupted,
             private_workdir(keep_artefacts) as workdir,
-            broker_for(designs, workdir) as broker_pid,
+            broker_for(designs, workdir, attackers) as broker_pid,
         ):
-            for design in designs:
-                reason = DESIGNS[design].supported()
-                for role in ("subject", "control"):
-                    if reason is not None:
-                        for attack_name in attacks:
-                            for phase in phases:
-                                emit(
-                                    {
-                                        "design": design,
-                                        "attack": attack_name,
-                                        "victim": role,
-                                        "phase": phase,
-                                    },
-                                    _skipped(ATTACKS[attack_name], reason),
-                                )
-                        continue
-                    # the broker is a process too: attack it alongside its client
-                    extra = (
-                        {"broker-process": broker_pid}
-                        if (design == "broker" and role == "subject" and broker_pid)
-                        else {}
-                    )
-                    _walk_victim(
-                        design,
-                        role,
-                        truth,
-                        phases,
-                        attacks,
-                        scanner,
-                        workdir,
-                        emit,
-                        progress,
-                        extra,
-                    )
+            for attacker in attackers:
+                why_not = attacker_supported(attacker)
+                with contextlib.ExitStack() as per_class:
+                    identity, attack_dir = None, workdir
+                    if why_not is None and attacker != ROOT:
+                        identity = lab_identity()
+                        # its cores go to a private directory the lab uid owns
+                        attack_dir = per_class.enter_context(private_workdir(keep_artefacts))
+                        os.chown(attack_dir, *identity)
+                    who = _Attacker(attacker, identity, attack_dir)
+                    for design in designs:
+                        reason = why_not or DESIGNS[design].supported()
+                        for role in ("subject", "control"):
+                            if reason is not None:
+                                for attack_name in attacks:
+                                    for phase in phases:
+                                        cell = {
+                                            "design": design,
+                                            "attack": attack_name,
+                                            "victim": role,
+                                            "phase": phase,
+                                        }
+                                        emit(cell, _skipped(ATTACKS[attack_name], reason, attacker))
+                                continue
+                            # the broker is a process too: attack it alongside its client
+                            extra = (
+                                {"broker-process": broker_pid}
+                                if (design == "broker" and role == "subject" and broker_pid)
+                                else {}
+                            )
+                            _walk_victim(
+                                design,
+                                role,
+                                truth,
+                                phases,
+                                attacks,
+                                scanner,
+                                who,
+                                emit,
+                                progress,
+                                extra,
+                            )
             check_interrupted()
         meta["status"] = "complete"
     except KeyboardInterrupt:
@@ -504,10 +543,72 @@ def run_matrix(
     return RunResult(writer.run_dir, run_id, rows, meta["duration_s"])
 
 
-def _skipped(attack_cls: Any, reason: str) -> Any:
+def _skipped(attack_cls: Any, reason: str, attacker: str) -> Any:
     from attacks import SKIPPED, AttackOutcome
 
-    return AttackOutcome(attack_cls.name, "n/a", attack_cls.artefact, 0, SKIPPED, reason)
+    return AttackOutcome(attack_cls.name, attacker, attack_cls.artefact, 0, SKIPPED, reason)
+
+
+def _run_attack(
+    name: str, pid: int, scanner: Any, workdir: Path, target_files: Path | None = None
+) -> Any:
+    from attacks import ATTACKS
+
+    if target_files is not None:  # in the attacker's own (forked) process only
+        os.environ["MEMLAB_TARGET_FILES"] = str(target_files)
+    return ATTACKS[name]().run(pid, scanner, workdir)
+
+
+def _attack_supported(name: str) -> str | None:
+    from attacks import ATTACKS
+
+    return ATTACKS[name].supported()
+
+
+@dataclass
+class _Attacker:
+    """One attacker class: its name, the uid it runs as (None: the harness itself), and the
+    private directory its attacks write cores to."""
+
+    name: str
+    identity: tuple[int, int] | None
+    workdir: Path
+    _target_files: Path | None = None
+
+    def target_files(self) -> Path:
+        """Copies of the interpreter's files (they live under /root, out of the lab uid's
+        reach) for the debugger's symbols: any attacker can have copies of a public binary."""
+        if self._target_files is None:
+            assert self.identity is not None
+            folder = self.workdir / "target-files"
+            folder.mkdir(mode=0o700)
+            with open("/proc/self/maps") as maps:
+                fields = (line.split(None, 5) for line in maps)
+                mapped = {f[5].strip() for f in fields if len(f) == 6}
+            mapped.add(os.path.realpath(sys.executable))
+            for path in sorted(mapped):
+                if path.startswith(sys.base_prefix) and os.path.isfile(path):
+                    copy = folder / os.path.basename(path)
+                    shutil.copyfile(path, copy)
+                    os.chmod(copy, 0o500)
+                    os.chown(copy, *self.identity)
+            os.chown(folder, *self.identity)
+            self._target_files = folder
+        return self._target_files
+
+    def supported(self, attack: str) -> str | None:
+        if self.identity is None:
+            return _attack_supported(attack)
+        return run_as(*self.identity, _attack_supported, attack)
+
+    def attack(self, name: str, pid: int, scanner: Any) -> Any:
+        if self.identity is None:
+            outcome = _run_attack(name, pid, scanner, self.workdir)
+        else:
+            files = self.target_files()
+            outcome = run_as(*self.identity, _run_attack, name, pid, scanner, self.workdir, files)
+        outcome.attacker = self.name  # the class measured, whatever the target's owner
+        return outcome
 
 
 def _walk_victim(
@@ -517,7 +618,7 @@ def _walk_victim(
     phases: Sequence[str],
     attacks: Sequence[str],
     scanner: Any,
-    workdir: Path,
+    who: _Attacker,
     emit: Callable[..., None],
     progress: ProgressFn | None,
     extra_targets: dict[str, int],
@@ -530,47 +631,36 @@ def _walk_victim(
     lasting = [a for a in attacks if not ATTACKS[a].destructive]
     killing = [a for a in attacks if ATTACKS[a].destructive]
     try:
-        with Victim(design) as victim:
+        with Victim(design, run_as=who.identity) as victim:
             victim.load(given.plaintext, given.key)
             for phase in _walk(victim, given, phases):
                 for attack_name in lasting:
                     if progress:
-                        progress(f"{design} {role} {phase} {attack_name}")
-                    outcome = ATTACKS[attack_name]().run(victim.pid, scanner, workdir)
-                    emit(
-                        {"design": design, "attack": attack_name, "victim": role, "phase": phase},
-                        outcome,
-                        victim.notes,
-                    )
+                        progress(f"{who.name} {design} {role} {phase} {attack_name}")
+                    cell = {"design": design, "attack": attack_name, "victim": role, "phase": phase}
+                    emit(cell, who.attack(attack_name, victim.pid, scanner), victim.notes)
                     for target, pid in extra_targets.items():
-                        outcome = ATTACKS[attack_name]().run(pid, scanner, workdir)
-                        emit(
-                            {
-                                "design": design,
-                                "attack": attack_name,
-                                "victim": target,
-                                "phase": phase,
-                            },
-                            outcome,
-                            victim.notes,
-                        )
-        # an attack that kills its target gets a fresh victim walked to each phase
+                        outcome = who.attack(attack_name, pid, scanner)
+                        emit({**cell, "victim": target}, outcome, victim.notes)
+        # An attack that kills its target gets a fresh victim walked to each phase of the
+        # default walk (the exposure delays are for the lasting attacks). Its follow-ups
+        # (swap after exit) are kept from the last phase's victim only: one row each.
+        killing_phases = [p for p in phases if p in PHASES]
         for attack_name in killing:
-            for wanted in phases:
-                with Victim(design) as victim:
+            reason = who.supported(attack_name)
+            for wanted in killing_phases:
+                cell = {"design": design, "attack": attack_name, "victim": role, "phase": wanted}
+                if reason is not None:
+                    emit(cell, _skipped(ATTACKS[attack_name], reason, who.name))
+                    continue
+                with Victim(design, run_as=who.identity) as victim:
                     victim.load(given.plaintext, given.key)
-                    for phase in _walk(victim, given, phases):
-                        if phase != wanted:
-                            continue
+                    for _ in _walk(victim, given, [wanted], stop_after=wanted):
                         if progress:
-                            progress(f"{design} {role} {phase} {attack_name}")
-                        outcome = ATTACKS[attack_name]().run(victim.pid, scanner, workdir)
-                        cell = {
-                            "design": design,
-                            "attack": attack_name,
-                            "victim": role,
-                            "phase": phase,
-                        }
+                            progress(f"{who.name} {design} {role} {wanted} {attack_name}")
+                        outcome = who.attack(attack_name, victim.pid, scanner)
+                        if wanted != killing_phases[-1]:
+                            outcome.follow_ups.clear()
                         emit(cell, outcome, victim.notes)
                         for target in extra_targets:  # the broker serves everyone: spare it
                             emit(
@@ -578,21 +668,42 @@ def _walk_victim(
                                 _skipped(
                                     ATTACKS[attack_name],
                                     "would kill the shared broker; run it on its own",
+                                    who.name,
                                 ),
                                 victim.notes,
                             )
-                        break
     finally:
         if given is not truth:
             given.wipe()
 
 
-def _walk(victim: Victim, given: LabSecrets, phases: Sequence[str]) -> Iterator[str]:
-    """Take the victim through the phases in order; yield those to attack."""
-    for phase in PHASES:
+# seconds after release at which the exposure walk's delayed phases are attacked
+RELEASE_DELAYS = {"released+1s": 1.0, "released+10s": 10.0}
+
+
+def _walk(
+    victim: Victim, given: LabSecrets, phases: Sequence[str], stop_after: str | None = None
+) -> Iterator[str]:
+    """Take the victim through the phases in order; yield those to attack. Delayed phases
+    are timed from the release (attacks in between count towards the delay)."""
+    released_at = 0.0
+    for phase in EXPOSURE_PHASES:
+        if phase not in phases and not any(
+            EXPOSURE_PHASES.index(p) > EXPOSURE_PHASES.index(phase) for p in phases
+        ):
+            return  # nothing later is wanted
         if phase == "in-use":
             victim.use(given.plaintext)
         elif phase == "released":
             victim.release()
+            released_at = time.monotonic()
+        elif phase in RELEASE_DELAYS:
+            if phase not in phases:
+                continue  # no need to wait for a moment nobody attacks
+            time.sleep(max(0.0, released_at + RELEASE_DELAYS[phase] - time.monotonic()))
+        elif phase == "after-gc":
+            victim.collect()
         if phase in phases:
             yield phase
+        if phase == stop_after:
+            return

@@ -8,7 +8,7 @@ design's storage (`seal_fd`, `key_fd`), so the victim makes no copies of its own
 in. Replies never carry secret bytes.
 
 Commands: load (-> at-rest), use (-> in-use: reveal, HMAC a challenge, write the secret to
-the use socket, stay revealed), release (-> released: wipe, destroy, collect), exit.
+the use socket, stay revealed), release (-> released: wipe, destroy), collect (-> after-gc), exit.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 from .. import open_design
 from .._platform import die_with_parent
 from .._protector import Protector, Sealed
+from ._attacker import drop_privileges
 
 
 class _Victim:
@@ -64,8 +65,14 @@ class _Victim:
         if self.sealed is not None:
             self.sealed.destroy()
             self.sealed = None
-        gc.collect()
+        # no garbage collection here: what a cycle keeps alive until the collector runs is
+        # part of what "released" shows (the exposure walk has an after-gc moment)
         self.phase = "released"
+        return {}
+
+    def collect(self) -> dict[str, Any]:
+        gc.collect()
+        self.phase = "after-gc"
         return {}
 
     def exit(self) -> None:
@@ -90,6 +97,8 @@ def serve(victim: _Victim, stdin: Any, stdout: Any) -> int:
                 extra = victim.use(str(request["challenge"]))
             elif command == "release":
                 extra = victim.release()
+            elif command == "collect":
+                extra = victim.collect()
             elif command == "exit":
                 victim.exit()
                 reply(ok=True, phase="exited")
@@ -104,6 +113,16 @@ def serve(victim: _Victim, stdin: Any, stdout: Any) -> int:
     return 0
 
 
+def _warm_up() -> None:
+    """Load what the victim would otherwise import or open lazily: once it runs as the lab
+    uid, the interpreter's files under /root are out of its reach."""
+    import resource  # noqa: F401 - the arena imports it on first use
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    AESGCM(bytes(32)).encrypt(bytes(12), b"warm-up", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--design", required=True)
@@ -111,8 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-fd", type=int, required=True)
     parser.add_argument("--use-fd", type=int, required=True)
     parser.add_argument("--ballast-mib", type=int, default=0)
+    parser.add_argument(
+        "--run-as", metavar="UID:GID", help="drop to this uid before any secret arrives"
+    )
     args = parser.parse_args(argv)
-    die_with_parent()
+    if args.run_as:
+        uid, gid = (int(part) for part in args.run_as.split(":"))
+        _warm_up()
+        drop_privileges(uid, gid)  # also sets the parent-death signal again
+    else:
+        die_with_parent()
     if os.getppid() == 1:  # the harness died before we asked to die with it
         return 1
     victim = _Victim(args.design, args.secret_fd, args.key_fd, args.use_fd, args.ballast_mib)

@@ -7,9 +7,10 @@ from ._base import BLOCKED, ERROR, OK, SKIPPED, Attack, AttackOutcome, attacker_
 from ._crash_core import CrashCore
 from ._gcore import Gcore, GcoreAll
 from ._proc_mem import ProcMem, VmReadv
+from ._swap import Swap
 
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (ProcMem, VmReadv, Gcore, GcoreAll, CrashCore)
+    cls.name: cls for cls in (ProcMem, VmReadv, Gcore, GcoreAll, CrashCore, Swap)
 }
 
 __all__ = [

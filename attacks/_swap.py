@@ -76,6 +76,12 @@ def _status_kb(pid: int, key: str) -> int:
     return 0  # kernel threads and zombies have no Vm* lines
 
 
+def _vmstat(*keys: str) -> list[int]:
+    """System-wide counters from /proc/vmstat (0 for one this kernel does not have)."""
+    values = dict(line.split() for line in Path("/proc/vmstat").read_text().splitlines())
+    return [int(values.get(key, 0)) for key in keys]
+
+
 def _has_capability(bit: int) -> bool:
     with open("/proc/self/status") as status:
         caps = next(line for line in status if line.startswith("CapEff:"))
@@ -218,6 +224,7 @@ class Swap(Attack):
         try:
             before_kb = _status_kb(pid, "VmSwap")
             regions, _ = read_regions(pid)
+            counted = _vmstat("pswpout", "swpout_zero")
             missing = process_madvise_missing()
             if missing is None:
                 push = _push_madvise(pid, regions)
@@ -230,6 +237,8 @@ class Swap(Attack):
                 push = _push_cgroup(pid, reclaim, _status_kb(pid, "VmRSS") * 1024)
                 push.method += f" ({missing})"
             settled = writeback_settled()
+            now = _vmstat("pswpout", "swpout_zero")
+            written, zero = (b - a for a, b in zip(counted, now, strict=True))
             after_kb = _status_kb(pid, "VmSwap")
             left_kb = _status_kb(pid, "RssAnon")
             regions, _ = read_regions(pid)  # again: smaps now says which regions hold swap
@@ -252,7 +261,8 @@ class Swap(Attack):
         pushed = max(0, after_kb - before_kb) // (PAGE // 1024)
         parts = [
             f"{push.method}: {pushed} pages pushed out (VmSwap {before_kb} -> {after_kb} kB, "
-            f"RssAnon left in RAM {left_kb} kB)",
+            f"RssAnon left in RAM {left_kb} kB; system-wide {written} pages written to swap, "
+            f"{zero} all-zero ones only flagged)",
             f"{len(slots)} of its pages located in the file by pagemap"
             + (f", {elsewhere} in other swap areas" if elsewhere else ""),
             f"{source.stats.bytes_read} bytes of swap read with O_DIRECT",
@@ -302,6 +312,7 @@ class Swap(Attack):
             f"target killed (SIGKILL) and gone; the whole swap file read again: "
             f"{source.stats.bytes_read} bytes; of the {len(data)} slots that held its non-zero "
             f"pages, {kept} still hold the same bytes, {cleared} read as zeros, "
-            f"{len(data) - kept - cleared} changed (freed slots are not cleared; the lab "
-            f"file has no discard); hits are attributed to what each slot held in life"
+            f"{len(data) - kept - cleared} changed (the lab swap is on without discard: "
+            f"nothing asks for freed slots to be cleared); hits are attributed to what each "
+            f"slot held in life"
         )

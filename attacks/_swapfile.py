@@ -363,7 +363,14 @@ def lab_swap(workdir: Path | None, size: int) -> Iterator[LabSwap]:
             path = directory / "swapfile"
             state.update(dir=str(directory), path=str(path))
             _save(state)
-            _write_swap_file(path, size)
+            try:
+                _write_swap_file(path, size)
+            except OSError as exc:
+                raise SwapUnavailableError(
+                    f"writing the {size >> 20} MiB swap file in {directory} failed "
+                    f"({exc.strerror}): free space there, or point TMPDIR at an ext4/xfs "
+                    "directory with room"
+                ) from None
             if zswap_before == "Y":
                 try:
                     ZSWAP.write_text("N")

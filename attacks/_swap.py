@@ -195,6 +195,9 @@ class Swap(Attack):
     def _run(
         self, pid: int, scanner: Scanner, workdir: Path | None, outcome: AttackOutcome
     ) -> None:
+        if pid in (os.getpid(), os.getppid()):
+            outcome.status, outcome.reason = ERROR, f"{pid} runs this attack, which kills it"
+            return
         try:
             resident = _status_kb(pid, "VmRSS") + _status_kb(pid, "VmSwap")
         except FileNotFoundError:

@@ -8,9 +8,10 @@ from ._crash_core import CrashCore
 from ._gcore import Gcore, GcoreAll
 from ._inject import Inject, InjectApi
 from ._proc_mem import ProcMem, VmReadv
+from ._swap import Swap
 
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (ProcMem, VmReadv, Gcore, GcoreAll, CrashCore, Inject, InjectApi)
+    cls.name: cls for cls in (ProcMem, VmReadv, Gcore, GcoreAll, CrashCore, Swap, Inject, InjectApi)
 }
 
 __all__ = [

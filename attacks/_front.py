@@ -55,7 +55,8 @@ def run_front(attack_cls: type[Attack], argv: list[str] | None = None) -> int:
     scanner = scanner_from_args(args)
     outcome = attack_cls().run(args.pid, scanner)
     print_outcome(outcome, as_json=args.json)
-    return 0 if outcome.status in ("ok", "blocked") else 1
+    moments = [outcome] + [later for _, later in outcome.follow_ups]
+    return 0 if all(o.status in ("ok", "blocked") for o in moments) else 1
 
 
 def outcome_dict(outcome: AttackOutcome) -> dict[str, object]:
@@ -72,10 +73,11 @@ def outcome_dict(outcome: AttackOutcome) -> dict[str, object]:
         "bytes_unreadable": outcome.stats.bytes_unreadable,
         "read_errors": dict(outcome.stats.errors),
         "findings": [asdict(f) for f in outcome.findings],
+        "follow_ups": {moment: outcome_dict(later) for moment, later in outcome.follow_ups},
     }
 
 
-def print_outcome(outcome: AttackOutcome, *, as_json: bool = False) -> None:
+def print_outcome(outcome: AttackOutcome, *, as_json: bool = False, moment: str = "") -> None:
     if as_json:
         json.dump(outcome_dict(outcome), sys.stdout, indent=2)
         print()
@@ -87,7 +89,8 @@ def print_outcome(outcome: AttackOutcome, *, as_json: bool = False) -> None:
     console = Console()
     stats = outcome.stats
     console.print(
-        f"[bold]{outcome.attack}[/] pid {outcome.pid} as {outcome.attacker}: {outcome.status}"
+        f"[bold]{outcome.attack}{' ' + moment if moment else ''}[/] pid {outcome.pid} "
+        f"as {outcome.attacker}: {outcome.status}"
         f"{' - ' + outcome.reason if outcome.reason else ''}\n"
         f"{outcome.regions_total} regions, {stats.bytes_read / 2**20:.1f} MiB scanned, "
         f"{stats.bytes_unreadable / 2**20:.2f} MiB unreadable "
@@ -107,3 +110,5 @@ def print_outcome(outcome: AttackOutcome, *, as_json: bool = False) -> None:
             escape("; ".join(f.regions[:3])) + (" ..." if len(f.regions) > 3 else ""),
         )
     console.print(table)
+    for later_moment, later in outcome.follow_ups:
+        print_outcome(later, moment=later_moment)

@@ -5,6 +5,7 @@ from ._regions import Region, parse_maps, read_regions
 from .elf_core import ElfCoreSource
 from .file import FileSource
 from .proc_mem import ProcessGoneError, ProcMemSource
+from .swap import SwapSource
 from .vm_readv import VmReadvSource
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ProcessGoneError",
     "ReadStats",
     "Region",
+    "SwapSource",
     "VmReadvSource",
     "parse_maps",
     "read_regions",

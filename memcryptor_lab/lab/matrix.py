@@ -385,9 +385,12 @@ def run_matrix(
             )
 
     from attacks._crash_core import restore_core_pattern
+    from attacks._swapfile import restore_swap_state
 
     with contextlib.suppress(OSError):  # a harness killed mid-crash-core left it changed
         restore_core_pattern()
+    with contextlib.suppress(OSError):  # ... or mid-swap: its swap file on, zswap off
+        restore_swap_state()
     owned_secrets = lab_secrets is None
     truth = lab_secrets or LabSecrets.generate(secret_kind)
     needles = truth.needle_set()

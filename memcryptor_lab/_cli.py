@@ -49,12 +49,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from attacks import ATTACKS
 
     from ._registry import DESIGNS
+    from .lab._phases import EXPOSURE_PHASES
     from .lab.matrix import run_matrix
     from .lab.render import SUMMARY_COLUMNS, print_summary, summarize_rows
 
     designs = args.designs or list(DESIGNS)
     attacks = args.attacks or list(ATTACKS)
-    total = len(designs) * 2 * len(args.phases) * len(attacks)
+    phases = list(EXPOSURE_PHASES) if args.exposure else args.phases
+    total = len(args.attackers) * len(designs) * 2 * len(phases) * len(attacks)
     console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),
@@ -73,7 +75,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             args.out,
             designs,
             attacks,
-            args.phases,
+            phases,
+            attackers=args.attackers,
             secret_kind=args.secret_kind,
             keep_artefacts=args.keep_artefacts,
             progress=step,
@@ -170,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ._registry import DESIGNS
     from .bench import PROFILES
-    from .lab._phases import PHASES
+    from .lab._attacker import ATTACKER_CLASSES
+    from .lab._phases import EXPOSURE_PHASES, PHASES
     from .lab.matrix import SECRET_KINDS
 
     parser = argparse.ArgumentParser(prog="memlab", description=__doc__)
@@ -186,7 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--designs", type=_csv_list, help=f"comma list of {', '.join(DESIGNS)}")
     run.add_argument("--attacks", type=_csv_list, help=f"comma list of {', '.join(ATTACKS)}")
     run.add_argument(
-        "--phases", type=_csv_list, default=list(PHASES), help=f"comma list of {', '.join(PHASES)}"
+        "--phases",
+        type=_csv_list,
+        default=list(PHASES),
+        help=f"comma list of {', '.join(EXPOSURE_PHASES)} (default: {', '.join(PHASES)})",
+    )
+    run.add_argument(
+        "--exposure",
+        action="store_true",
+        help="all phases: also 1 s and 10 s after release and after a forced GC",
+    )
+    run.add_argument(
+        "--attackers",
+        type=_csv_list,
+        default=list(ATTACKER_CLASSES),
+        help=f"comma list of attacker classes: {', '.join(ATTACKER_CLASSES)}",
     )
     run.add_argument("--out", type=Path, default=Path("results"))
     run.add_argument("--secret-kind", choices=SECRET_KINDS, default="unicode")

@@ -21,10 +21,17 @@ import psutil
 import pytest
 from conftest import memlab, needs_root
 
+from attacks import ATTACKS
 from attacks._crash_core import CORE_PATTERN
 from attacks.scan import FULL, NeedleSet, Scanner, Secret
 from attacks.sources import FileSource
-from memcryptor_lab.lab import SCHEMA_VERSION, LabSecrets, load_results, run_matrix
+from memcryptor_lab.lab import (
+    EXPOSURE_PHASES,
+    SCHEMA_VERSION,
+    LabSecrets,
+    load_results,
+    run_matrix,
+)
 from memcryptor_lab.lab.matrix import sweep_stale_workdirs
 
 pytestmark = [needs_root(), pytest.mark.integration]
@@ -41,8 +48,8 @@ def run(tmp_path_factory):
     return truth, result, frame
 
 
-def _copies(frame, **where) -> int:
-    sel = frame[(frame.status == "ok")]
+def _copies(frame, attacker: str = "root", **where) -> int:
+    sel = frame[(frame.status == "ok") & (frame.attacker == attacker)]
     for column, value in where.items():
         sel = sel[sel[column] == value]
     return int(sel.copies.sum())
@@ -63,12 +70,13 @@ def test_schema_and_metadata(run) -> None:
         "keyring",
         "broker",
     }
-    assert set(frame.phase) == {"at-rest", "in-use", "released"}
+    assert set(frame.phase) == {"at-rest", "in-use", "released", "after-exit"}
+    assert set(frame.attacker) == {"root", "same-user"}
     assert set(frame.victim) == {"subject", "control", "broker-process"}
     assert (frame[frame.status == "ok"].bytes_scanned > 0).all()
 
 
-@pytest.mark.parametrize("attack", ["proc-mem", "vm-readv", "gcore", "gcore-all", "crash-core"])
+@pytest.mark.parametrize("attack", list(ATTACKS))
 def test_every_attack_finds_plain_at_rest(run, attack: str) -> None:
     # the positive control: if this fails, a zero elsewhere means nothing
     _, _, frame = run
@@ -97,6 +105,7 @@ def test_crash_cores_are_blocked_by_the_hardened_processes(run) -> None:
     _, _, frame = run
     crash = frame[
         (frame.attack == "crash-core")
+        & (frame.attacker == "root")
         & (frame.victim == "subject")
         & ~frame.status.isin(["n/a", "alias"])
     ]
@@ -113,6 +122,7 @@ def test_vm_readv_is_refused_by_prot_none_pages(run) -> None:
     rows = frame[
         (frame.design == "hardened")
         & (frame.attack == "vm-readv")
+        & (frame.attacker == "root")
         & (frame.victim == "subject")
         & ~frame.status.isin(["n/a", "alias"])
     ]
@@ -151,6 +161,7 @@ def test_hardened_designs_hold_no_plaintext_and_no_raw_key_at_rest(run, design: 
         & (frame.victim == "subject")
         & (frame.phase == "at-rest")
         & frame.status.isin(["ok", "blocked"])
+        & (frame.attack != "inject-api")  # reveals through the API: nothing survives it
     ]
     assert len(cells) > 0
     assert int(cells.copies.sum()) == 0, cells[cells.copies > 0][["needle_kind", "encoding"]]
@@ -158,7 +169,7 @@ def test_hardened_designs_hold_no_plaintext_and_no_raw_key_at_rest(run, design: 
     released = frame[
         (frame.design == design)
         & (frame.victim == "subject")
-        & (frame.phase == "released")
+        & frame.phase.isin(["released", "after-exit"])
         & (frame.needle_kind == "plaintext")
     ]
     assert int(released.copies.sum()) == 0
@@ -173,13 +184,18 @@ READERS = ["proc-mem", "vm-readv", "gcore-all"]
 
 def test_secretmem_reads_are_reported_blocked_not_zero(run) -> None:
     _, _, frame = run
-    rows = frame[(frame.design == "secretmem") & ~frame.status.isin(["n/a", "alias"])]
+    rows = frame[
+        (frame.design == "secretmem")
+        & (frame.attacker == "root")
+        & ~frame.status.isin(["n/a", "alias"])
+    ]
     readers = rows[rows.attack.isin(READERS)]
     assert set(readers.status) == {"blocked"}
     assert readers.reason.str.contains("refused reads|could not read").all()
     dumped = rows[rows.attack == "gcore"]
     assert set(dumped.status) == {"ok"} and dumped.reason.str.contains("excluded").all()
-    assert (frame[frame.design == "plain"].status.isin(["ok", "n/a", "alias"])).all()
+    plain = frame[(frame.design == "plain") & (frame.attacker == "root")]
+    assert plain.status.isin(["ok", "n/a", "alias"]).all()
 
 
 def test_keyring_reports_which_crypto_path_ran(run) -> None:
@@ -204,13 +220,17 @@ def test_the_broker_process_is_attacked_too(run) -> None:
     assert set(broker.phase) == {"at-rest", "in-use", "released"}
     # keys in memfd_secret: the reads are refused and the rows say so
     assert set(broker[broker.attack.isin(READERS)].status) == {"blocked"}
+    # the lab uid may use the broker (it runs as root, a system service) but not read it
+    as_user = broker[(broker.attacker == "same-user") & (broker.status != "skipped")]
+    assert len(as_user) > 0 and set(as_user.status) == {"blocked"}
     assert int(broker[broker.needle_kind.isin(["key", "plaintext"])].copies.sum()) == 0
 
 
 def test_decoy_and_control_victim_show_nothing(run) -> None:
     _, _, frame = run
-    assert _copies(frame, needle_kind="decoy") == 0
-    assert _copies(frame, victim="control") == 0
+    for attacker in ("root", "same-user"):
+        assert _copies(frame, attacker, needle_kind="decoy") == 0
+        assert _copies(frame, attacker, victim="control") == 0
     assert len(frame[frame.victim == "control"]) == len(frame[frame.victim == "subject"])
 
 
@@ -233,6 +253,95 @@ def test_hits_are_attributed_to_regions(run) -> None:
     assert len(hits) > 0
     assert (hits.region != "").all()
     assert set(hits.needle_kind) <= {"plaintext", "key"}
+
+
+# every attack that reads a live process or makes it act: the same-user attacker's tools
+SAME_USER_ATTACKS = ["proc-mem", "vm-readv", "gcore", "gcore-all", "inject", "inject-api"]
+
+
+@pytest.mark.parametrize("attack", SAME_USER_ATTACKS)
+def test_same_user_finds_dumpable_victims(run, attack: str) -> None:
+    # the same-user positive control: the uid alone lets it in
+    _, _, frame = run
+    cell = dict(victim="subject", phase="at-rest", attack=attack, needle_kind="plaintext")
+    assert _copies(frame, "same-user", design="plain", **cell) > 0
+
+
+@pytest.mark.parametrize("design", ["hardened", "secretmem", "keyring"])
+def test_non_dumpable_victims_refuse_the_same_user(run, design: str) -> None:
+    _, _, frame = run
+    rows = frame[
+        (frame.attacker == "same-user")
+        & (frame.design == design)
+        & frame.attack.isin(SAME_USER_ATTACKS)
+        & ~frame.status.isin(["n/a", "alias"])
+    ]
+    assert set(rows.attack) == set(SAME_USER_ATTACKS)
+    assert set(rows.status) == {"blocked"}, rows[rows.status != "blocked"][["attack", "reason"]]
+    assert rows.reason.str.contains("refused|not permitted").all()
+    # and root is not refused: the same victims give root a readable process
+    root = frame[
+        (frame.attacker == "root") & (frame.design == design) & (frame.attack == "inject-api")
+    ]
+    assert _copies(root, design=design, victim="subject", phase="at-rest") > 0
+
+
+def test_injected_code_gets_every_design_but_not_after_release(run) -> None:
+    _, _, frame = run
+    for design in ("plain", "inproc-aead", "hardened", "secretmem", "keyring", "broker"):
+        cell = dict(design=design, victim="subject", attack="inject-api", needle_kind="plaintext")
+        assert _copies(frame, **cell, phase="at-rest") > 0, design
+        assert _copies(frame, **cell, phase="in-use") > 0, design
+        assert _copies(frame, **cell, phase="released") == 0, design
+
+
+def test_inject_copies_out_what_secretmem_refuses_to_others(run) -> None:
+    _, _, frame = run
+    cell = dict(design="secretmem", victim="subject", phase="in-use", needle_kind="plaintext")
+    assert _copies(frame, **cell, attack="inject") > 0  # the reveal slot, written by itself
+    proc_mem = frame[
+        (frame.attacker == "root")
+        & (frame.design == "secretmem")
+        & (frame.phase == "in-use")
+        & (frame.attack == "proc-mem")
+        & (frame.needle_kind == "plaintext")
+    ]
+    assert int(proc_mem.copies.sum()) == 0 and set(proc_mem.status) <= {"blocked", "n/a", "alias"}
+
+
+def test_swap_sees_unlocked_pages_and_keeps_them_after_exit(run) -> None:
+    _, _, frame = run
+    cell = dict(design="plain", victim="subject", attack="swap", needle_kind="plaintext")
+    assert _copies(frame, **cell, phase="at-rest") > 0
+    assert _copies(frame, **cell, phase="after-exit") > 0  # freed slots are not cleared
+    locked = frame[
+        (frame.attack == "swap")
+        & (frame.attacker == "root")
+        & frame.design.isin(["hardened", "secretmem", "keyring"])
+        & (frame.needle_kind.isin(["plaintext", "key"]))
+    ]
+    assert int(locked.copies.sum()) == 0
+    assert set(locked[locked.phase != "after-exit"].status) <= {"blocked", "n/a", "alias"}
+    assert (frame[frame.attacker == "same-user"].attack != "swap").all() or set(
+        frame[(frame.attacker == "same-user") & (frame.attack == "swap")].status
+    ) <= {"skipped", "n/a", "alias"}
+
+
+def test_exposure_walk_attacks_each_moment(tmp_path: Path) -> None:
+    truth = LabSecrets.generate("unicode")
+    result = run_matrix(
+        tmp_path,
+        ["plain"],
+        ["proc-mem"],
+        EXPOSURE_PHASES,
+        attackers=["root"],
+        lab_secrets=truth,
+    )
+    frame = load_results(result.run_dir)
+    assert list(dict.fromkeys(frame.phase)) == list(EXPOSURE_PHASES)
+    for phase in EXPOSURE_PHASES:
+        assert _copies(frame, design="plain", victim="subject", phase=phase) > 0, phase
+        assert _copies(frame, victim="control", phase=phase) == 0
 
 
 def _victims_of(pid: int) -> list[psutil.Process]:

@@ -32,12 +32,13 @@ NOT_A_CELL_STATUS = ("n/a", "alias")
 
 
 def summarize_rows(rows: Iterable[Row]) -> list[dict[str, Any]]:
-    """One line per (design, victim, phase, attack): copies per needle kind, full and partial."""
+    """One line per (attacker, design, victim, phase, attack): copies per needle kind, full
+    and partial."""
     cells: dict[tuple[str, ...], dict[str, Any]] = {}
     encodings: dict[tuple[str, ...], set[str]] = defaultdict(set)
     regions: dict[tuple[str, ...], set[str]] = defaultdict(set)
     for r in rows:
-        key = (r.design, r.victim, r.phase, r.attack)
+        key = (r.attacker, r.design, r.victim, r.phase, r.attack)
         cell = cells.setdefault(
             key,
             {
@@ -83,6 +84,7 @@ def print_summary(summary: list[dict[str, Any]]) -> None:
 
     table = Table(title="copies found (full / partial); decoy and control must be 0")
     for column in (
+        "attacker",
         "design",
         "victim",
         "phase",
@@ -99,6 +101,7 @@ def print_summary(summary: list[dict[str, Any]]) -> None:
         table.add_column(column, justify="right" if column in ("MiB", "s", "decoy") else "left")
     for c in summary:
         table.add_row(
+            c["attacker"],
             c["design"],
             c["victim"],
             c["phase"],

@@ -295,9 +295,7 @@ def summarize(needles: NeedleSet, hits: list[Hit]) -> list[Finding]:
     order = {enc: i for i, enc in enumerate(TEXT_ENCODINGS)}
     kinds = {s.kind: i for i, s in enumerate(needles.secrets)}
     # extra needles (kinds and encodings of their own) keep their given order, at the end
-    ordered.sort(
-        key=lambda f: (kinds.get(f.kind, 99), order.get(f.encoding, 99), f.form != FULL)
-    )
+    ordered.sort(key=lambda f: (kinds.get(f.kind, 99), order.get(f.encoding, 99), f.form != FULL))
     return ordered
 
 

@@ -671,7 +671,8 @@ class KeyScheduleScanner:
                 slot = (s, layout.key_bits, piece.direction, piece.byte_order)
                 if slot in found and found[slot][4] == key:
                     entry = found[slot]
-                    found[slot] = (*entry[:5], "blind+known")
+                    if entry[5] == "blind":  # other pieces of it may come later: once only
+                        found[slot] = (*entry[:5], "blind+known")
                     continue
                 expected = self._expected[(piece.known, piece.direction, piece.byte_order)]
                 errors = int(np.bitwise_count(window[s : s + layout.length] ^ expected).sum())

@@ -269,8 +269,8 @@ def _flip(data: bytearray, bits: list[int]) -> None:
 
 @pytest.mark.parametrize("bits,direction,order", LAYOUTS)
 def test_bit_errors_are_tolerated_and_counted(bits: int, direction: str, order: str) -> None:
-    """10 flipped bits placed three ways: at random; all in the pre-filter's words; one in
-    every Nk-th word, so that no run of Nk words is clean (found through repair)."""
+    """10 flipped bits placed three ways: at random; all in the words the pre-filter looks
+    at; one in every Nk-th word, so that no run of Nk words is clean (found by repair)."""
     rng = random.Random(bits * 7 + len(direction) + len(order))
     layout = _layout(bits, direction)
     tolerance = 10
@@ -280,8 +280,9 @@ def test_bit_errors_are_tolerated_and_counted(bits: int, direction: str, order: 
         if placement == "random":
             flips = rng.sample(range(8 * len(data)), tolerance)
         elif placement == "pre-filter":
-            lo, hi = 32 * (layout.anchor - 1), 32 * (layout.anchor + layout.off + 1)
-            flips = rng.sample(range(lo, hi), tolerance)
+            # every flip in the words under the pre-filter's blocks (at alignment 0)
+            words = {layout.anchor + int(p) - j for p in layout.pre for j in (0, 1)}
+            flips = rng.sample([32 * w + b for w in sorted(words) for b in range(32)], tolerance)
         else:
             words = range(layout.nk - 1, len(data) // 4, layout.nk)
             flips = [32 * w + rng.randrange(32) for w in words][:tolerance]

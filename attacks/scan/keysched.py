@@ -94,7 +94,8 @@ BYTES, BE32 = "bytes", "be32"
 BYTE_ORDERS = (BYTES, BE32)
 SCHEDULE_KIND = "key-schedule"
 MAX_SCHEDULE_BYTES = 240
-MIN_BLOCK_WEIGHT = 12  # set bits in the 64 pre-filtered data bits (see the docstring)
+PREFILTER_BLOCKS = 4  # 32-bit residue blocks checked at every offset
+MIN_PREFILTER_ONES = 24  # of the 128 data bits under them, with tolerance (docstring)
 _SLICE_WORDS = 1 << 18  # 1 MiB of a window per pre-filter pass: stays in cache
 _BATCH = 1 << 13  # candidates gathered at once in the linear check
 _WORD_DTYPE = {BYTES: np.dtype(">u4"), BE32: np.dtype("<u4")}
@@ -310,7 +311,7 @@ class _Layout:
     per_word: int  # most relations one stored word takes part in
     lags: tuple[int, int]  # pre-filter residue B[k] ^ B[k-d1] ^ B[k-d2]
     anchor: int  # stored word whose block (at byte alignment 0) is the first pre-filter block
-    off: int  # the second pre-filter block, `off` blocks on: no flipped bit reaches both
+    pre: np.ndarray  # pre-filter blocks (offsets from the anchor): no flipped bit reaches two
     blocks: np.ndarray  # every block (offset from the anchor) inside relation words
     reach: int  # most residue bytes of `blocks` one flipped image byte can reach
 
@@ -352,12 +353,13 @@ def _layout(key_bits: int, direction: str) -> _Layout:
     # A block at word c, seen from a schedule that starts t bytes past a word boundary,
     # covers the end of word c-1 and the start of word c: both must be relation words.
     usable = sorted(c for c in anchors if c - 1 in anchors)
-    for anchor in usable:
-        blocks = [c - anchor for c in usable if c >= anchor]
-        off = next((o for o in blocks[1:] if _reach((0, o), lags) == 1), 0)
-        if off:
-            break
-    if not off or not (lags[0] == 1 or lags[1] == lags[0] + 1):
+    anchor = usable[0]
+    blocks = [c - anchor for c in usable]
+    pre = [0]
+    for b in blocks[1:]:
+        if len(pre) < PREFILTER_BLOCKS and _reach((*pre, b), lags) == 1:
+            pre.append(b)
+    if len(pre) < PREFILTER_BLOCKS or not (lags[0] == 1 or lags[1] == lags[0] + 1):
         raise AssertionError(f"no pre-filter for AES-{key_bits} {direction}")  # by design
     rel = tuple(np.array(col, dtype=np.intp) for col in zip(*triples, strict=True))
     return _Layout(
@@ -370,7 +372,7 @@ def _layout(key_bits: int, direction: str) -> _Layout:
         int(counts.max()),
         lags,
         anchor,
-        off,
+        np.array(pre, dtype=np.intp),
         np.array(blocks, dtype=np.intp),
         _reach(blocks, lags),
     )
@@ -685,8 +687,7 @@ class KeyScheduleScanner:
         words = window[: n - n % 4].view(np.uint32)
         nb = len(words)
         margin = max(max(lay.lags) for lay in self.layouts) + 1
-        tail = max(lay.off for lay in self.layouts)
-        offs = sorted({lay.off for lay in self.layouts})
+        tail = max(int(lay.pre[-1]) for lay in self.layouts)
         hits: dict[_Layout, list[np.ndarray]] = {lay: [] for lay in self.layouts}
         for k_lo in range(0, nb, _SLICE_WORDS):
             k_hi = min(k_lo + _SLICE_WORDS, nb)
@@ -695,30 +696,43 @@ class KeyScheduleScanner:
             if len(sub) < 2:
                 continue
             y1 = sub[1:] ^ sub[:-1]  # y1[j] = B[lo+j+1] ^ B[lo+j]
-            weight = np.bitwise_count(sub)
-            dense = {o: (weight[:-o] + weight[o:]) >= MIN_BLOCK_WEIGHT for o in offs}
+            nonzero = sub != 0
+            weight = None if self.tolerance == 0 else np.bitwise_count(sub)
             for lay in self.layouts:
                 # block k; schedule start s = 4 (k - anchor) + t, t in 0..3, must fit
+                span = int(lay.pre[-1])
                 ka = max(k_lo, lay.anchor, report_from // 4 - lay.length // 4 + lay.anchor - 1)
-                kb = min(k_hi, nb - lay.off, lay.anchor + (n - lay.length) // 4 + 1)
+                kb = min(k_hi, nb - span, lay.anchor + (n - lay.length) // 4 + 1)
                 if kb <= ka:
                     continue
                 d1, d2 = lay.lags
                 if d1 == 1:  # B[k] ^ B[k-1] ^ B[k-d2]
-                    z = y1[ka - lo - 1 : kb + lay.off - lo - 1] ^ words[ka - d2 : kb + lay.off - d2]
+                    z = y1[ka - lo - 1 : kb + span - lo - 1] ^ words[ka - d2 : kb + span - d2]
                 else:  # B[k] ^ (B[k-d1] ^ B[k-d1-1])
                     z = (
-                        sub[ka - lo : kb + lay.off - lo]
-                        ^ y1[ka - d1 - 1 - lo : kb + lay.off - d1 - 1 - lo]
+                        sub[ka - lo : kb + span - lo]
+                        ^ y1[ka - d1 - 1 - lo : kb + span - d1 - 1 - lo]
                     )
-                o = lay.off
+                count = kb - ka
                 if self.tolerance == 0:
-                    mask = (z[:-o] | z[o:]) == 0
+                    # equality on the first block everywhere, the others on survivors only
+                    ks = _true_indices((z[:count] == 0) & nonzero[ka - lo : kb - lo])
+                    if len(ks):
+                        ks = ks[(z[ks[:, None] + lay.pre[1:]] == 0).all(axis=1)]
                 else:
                     bits = np.bitwise_count(z)
-                    mask = (bits[:-o] + bits[o:]) <= self.tolerance
-                mask &= dense[o][ka - lo : kb - lo]
-                ks = np.flatnonzero(mask)
+                    total = bits[:count].copy()
+                    for p in lay.pre[1:]:
+                        total += bits[p : p + count]
+                    mask = total <= self.tolerance
+                    # structured data (counters, pointers) gets near the relations too:
+                    # the words under the blocks must hold a fifth of their bits
+                    assert weight is not None
+                    ones = weight[ka - lo : kb - lo].copy()
+                    for p in lay.pre[1:]:
+                        ones += weight[ka - lo + p : kb - lo + p]
+                    mask &= ones >= MIN_PREFILTER_ONES
+                    ks = _true_indices(mask)
                 if len(ks):
                     hits[lay].append(self._every_block(words, lay, ks + ka))
         out: dict[_Layout, np.ndarray] = {}
@@ -726,8 +740,8 @@ class KeyScheduleScanner:
             if not parts:
                 continue
             ks = np.concatenate(parts)
-            starts = (4 * (ks - lay.anchor))[:, None] + np.arange(4)
-            starts = np.unique(starts.ravel())
+            # ks rise strictly (slices in order), so the starts are distinct
+            starts = ((4 * (ks - lay.anchor))[:, None] + np.arange(4)).ravel()
             keep = (starts >= 0) & (starts + lay.length <= n) & (starts + lay.length > report_from)
             if keep.any():
                 out[lay] = starts[keep]
@@ -735,14 +749,14 @@ class KeyScheduleScanner:
 
     def _every_block(self, words: np.ndarray, lay: _Layout, ks: np.ndarray) -> np.ndarray:
         """Stage 1b, per passing block: the residue over every block of the layout, and the
-        bit balance of the words under it (see the module docstring)."""
+        bit balance of the words it is made of (see the module docstring)."""
         idx = ks[:, None] + lay.blocks
-        top = words[idx]
         d1, d2 = lay.lags
-        residue = np.bitwise_count(top ^ words[idx - d1] ^ words[idx - d2]).sum(axis=1)
-        ones = np.bitwise_count(top).sum(axis=1)
+        top, mid, low = words[idx], words[idx - d1], words[idx - d2]
+        residue = np.bitwise_count(top ^ mid ^ low).sum(axis=1)
+        ones = (np.bitwise_count(top) + np.bitwise_count(mid) + np.bitwise_count(low)).sum(axis=1)
         ok = (residue <= self.tolerance * lay.reach) & (
-            ones + self.tolerance >= 8 * lay.blocks.size
+            ones + 3 * self.tolerance >= 24 * lay.blocks.size
         )
         return ks[ok]
 
@@ -761,6 +775,15 @@ class KeyScheduleScanner:
             ok = (residue <= bound) & (ones >= 2 * layout.length) & (ones <= 6 * layout.length)
             kept.extend(int(s) for s in batch[ok])
         return kept
+
+
+def _true_indices(mask: np.ndarray) -> np.ndarray:
+    """np.flatnonzero for masks that are nearly all False: whole 8-byte words first."""
+    whole = len(mask) - len(mask) % 8
+    hot = np.flatnonzero(mask[:whole].view(np.uint64))
+    index = (8 * hot[:, None] + np.arange(8)).ravel()
+    index = index[mask[index]]
+    return np.concatenate((index, whole + np.flatnonzero(mask[whole:])))
 
 
 class ScheduleScan:

@@ -35,11 +35,11 @@ in the window where it ends):
    bit enters the residue at 3 byte positions (its own, +4 d1, +4 d2) and the 4 blocks are
    chosen so that no bit reaches two of them, so a schedule with <= T flipped bits always
    passes. Random data passes with probability P(Bin(128, 1/2) <= T): 2^-128 exact, ~1e-24
-   at T = 10, ~1e-15 at T = 20. Zero pages, counters and pointer arrays come close to linear relations too,
-   so the first block's word must not be zero (a schedule word is zero with probability
-   2^-32), and with T > 0 the 128 data bits under the blocks must hold at least 24 set bits
-   (a schedule fails that with probability ~5e-14, more only if its flipped bits crowd into
-   those 128 and all clear bits).
+   at T = 10, ~1e-15 at T = 20. Zero pages, counters and pointer arrays come close to
+   linear relations too, so the first block's word must not be zero (a schedule word is
+   zero with probability 2^-32), and with T > 0 the 128 data bits under the blocks must
+   hold at least 24 set bits (a schedule fails that with probability ~5e-14, more only if
+   its flipped bits crowd into those 128 and all clear bits).
 2. Every block (per passing offset): the same residue over all blocks of the
    layout (7 to 30), at most T times the most blocks one flipped bit can reach (1 or 3),
    and the words involved must hold at least a quarter of their bits (a schedule holds half;

@@ -121,29 +121,68 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
+    import json
     import time
+    from collections.abc import Iterator
 
     from attacks import OK, AttackOutcome
-    from attacks._front import print_outcome, scanner_from_args
-    from attacks.sources import FileSource
+    from attacks._front import (
+        outcome_dict,
+        print_outcome,
+        print_schedule_hits,
+        scanner_from_args,
+        schedule_scanner_from_args,
+    )
+    from attacks.sources import Chunk, FileSource
 
-    scanner = scanner_from_args(args)
+    if not (args.needle_file or args.key_file or args.key_schedules):
+        raise SystemExit("give at least one --needle-file or --key-file, or --key-schedules")
+    scanner = scanner_from_args(args) if args.needle_file or args.key_file else None
+    schedules = (
+        schedule_scanner_from_args(args, salt=scanner.needles.salt if scanner else None)
+        if args.key_schedules
+        else None
+    )
     source = FileSource(args.file)
+    session = schedules.session() if schedules is not None else None
+
+    def chunks() -> Iterator[Chunk]:  # one read of the file feeds both scanners
+        for chunk in source.chunks():
+            if session is not None:
+                session.feed(chunk)
+            yield chunk
+
     started = time.perf_counter()
-    hits = scanner.scan(source)
+    if scanner is not None:
+        hits = scanner.scan_chunks(chunks(), source.regions())
+    else:
+        hits = []
+        for _ in chunks():
+            pass
+    schedule_hits = session.finish(source.regions()) if session is not None else []
     outcome = AttackOutcome(
         "scan",
         "n/a",
         "file",
         0,
         OK,
-        findings=scanner.summarize(hits),
+        findings=scanner.summarize(hits) if scanner is not None else [],
         hits=hits,
         stats=source.stats,
         duration_s=time.perf_counter() - started,
         regions_total=1,
     )
-    print_outcome(outcome, as_json=args.json)
+    if args.json:
+        report = outcome_dict(outcome)
+        if schedules is not None:
+            report["key_schedule_tolerance"] = schedules.tolerance
+            report["key_schedules"] = [h.as_dict() for h in schedule_hits]
+        json.dump(report, sys.stdout, indent=2)
+        print()
+        return 0
+    print_outcome(outcome, needles=scanner is not None)
+    if schedules is not None:
+        print_schedule_hits(schedule_hits, schedules.tolerance)
     return 0
 
 
@@ -169,7 +208,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from attacks import ATTACKS
-    from attacks._front import needle_arguments
+    from attacks._front import needle_arguments, schedule_arguments
 
     from ._registry import DESIGNS
     from .bench import PROFILES
@@ -230,9 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true", help="no progress display")
     bench.set_defaults(func=_cmd_bench)
 
-    scan = sub.add_parser("scan", help="scan any dump or image file for needles")
+    scan = sub.add_parser(
+        "scan", help="scan any dump or image file for needles and AES key schedules"
+    )
     scan.add_argument("file", type=Path)
     needle_arguments(scan)
+    schedule_arguments(scan)
     scan.add_argument("--json", action="store_true")
     scan.set_defaults(func=_cmd_scan)
 

@@ -117,9 +117,19 @@ def encode_forms(secret: Secret) -> dict[str, bytes | None]:
 
 
 class NeedleSet:
-    """All needles of a set of secrets, with a per-run salt for their public ids."""
+    """All needles of a set of secrets, with a per-run salt for their public ids.
 
-    def __init__(self, secrets: Iterable[Secret], salt: bytes | None = None) -> None:
+    `extra` adds exact needles of other kinds, searched whole (form `full`) in the same
+    pass: (kind, encoding, bytes), e.g. keysched.key_schedule_needles(key) for the AES
+    round keys a process derived from a key.
+    """
+
+    def __init__(
+        self,
+        secrets: Iterable[Secret],
+        salt: bytes | None = None,
+        extra: Iterable[tuple[str, str, bytes]] = (),
+    ) -> None:
         self.salt = salt if salt is not None else os.urandom(16)
         self.secrets = list(secrets)
         self.needles: list[Needle] = []
@@ -128,6 +138,11 @@ class NeedleSet:
         self._owners: dict[bytes, list[int]] = defaultdict(list)
         for secret in self.secrets:
             self._add_secret(secret)
+        for kind, encoding, pattern in extra:
+            if not pattern:
+                raise ValueError(f"extra needle {kind}/{encoding} is empty")
+            pattern = bytes(pattern)
+            self._add(Needle(kind, encoding, FULL, self.short_id(pattern), len(pattern), pattern))
         self.patterns: list[bytes] = list(self._owners)
         self.pattern_owners: list[list[int]] = [self._owners[p] for p in self.patterns]
 
@@ -279,7 +294,8 @@ def summarize(needles: NeedleSet, hits: list[Hit]) -> list[Finding]:
     ordered = list(findings.values()) + needles.skipped
     order = {enc: i for i, enc in enumerate(TEXT_ENCODINGS)}
     kinds = {s.kind: i for i, s in enumerate(needles.secrets)}
-    ordered.sort(key=lambda f: (kinds.get(f.kind, 99), order[f.encoding], f.form != FULL))
+    # extra needles (kinds and encodings of their own) keep their given order, at the end
+    ordered.sort(key=lambda f: (kinds.get(f.kind, 99), order.get(f.encoding, 99), f.form != FULL))
     return ordered
 
 

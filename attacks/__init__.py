@@ -6,10 +6,11 @@
 from ._base import BLOCKED, ERROR, OK, SKIPPED, Attack, AttackOutcome, attacker_class
 from ._crash_core import CrashCore
 from ._gcore import Gcore, GcoreAll
+from ._lldb import Lldb, LldbCore
 from ._proc_mem import ProcMem, VmReadv
 
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (ProcMem, VmReadv, Gcore, GcoreAll, CrashCore)
+    cls.name: cls for cls in (ProcMem, VmReadv, Gcore, GcoreAll, Lldb, LldbCore, CrashCore)
 }
 
 __all__ = [

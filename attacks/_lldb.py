@@ -38,6 +38,7 @@ for as long as the read takes.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -149,7 +150,8 @@ class HelperReport:
     returncode: int | None = None
     attached: dict[str, object] | None = None
     error: str = ""
-    listed: list[Span] = field(default_factory=list)  # regions lldb lists as readable
+    regions: list[Region] = field(default_factory=list)  # lldb's own region list
+    listed: list[Span] = field(default_factory=list)  # the regions it lists as readable
     runs: list[Span] = field(default_factory=list)  # bytes read, note = file name
     refused: list[Span] = field(default_factory=list)  # reads that failed, note = error
     core: str = ""  # the core file's name
@@ -248,8 +250,12 @@ def _record(report: HelperReport, event: dict[str, object]) -> None:
         report.attached = event
     elif kind == "error":
         report.error = f"{event['stage']}: {event['message']}"
-    elif kind == "region" and event["mapped"] and str(event["perms"]).startswith("r"):
-        report.listed.append(Span(int(str(event["start"])), int(str(event["end"]))))
+    elif kind == "region" and event["mapped"]:
+        start, end, perms = int(str(event["start"])), int(str(event["end"])), str(event["perms"])
+        # lldb does not say private or shared: '?' in the fourth place
+        report.regions.append(Region(start, end, perms + "?", path=str(event["name"])))
+        if perms.startswith("r"):
+            report.listed.append(Span(start, end))
     elif kind in ("run", "refused"):
         address, length = int(str(event["address"])), int(str(event["length"]))
         note = str(event["file"] if kind == "run" else event["error"])
@@ -278,6 +284,21 @@ def _comm(pid: int) -> str:
         return "?"
 
 
+def _ptrace_refused(pid: int) -> str:
+    """Why the kernel refuses this process ptrace access, '' if it does not: opening
+    /proc/PID/mem makes the same check as an attach (lldb-server reports a refused attach
+    only as a lost connection). Nothing is read."""
+    if sys.platform == "darwin":
+        return ""
+    try:
+        os.close(os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC))
+    except PermissionError as exc:
+        return f"{errno.errorcode.get(exc.errno or 0, 'EACCES')} opening /proc/{pid}/mem"
+    except OSError:
+        return ""
+    return ""
+
+
 def _not_attached(pid: int, report: HelperReport, outcome: AttackOutcome) -> None:
     """Why lldb got nothing: a refused attach is the target's (or the kernel's) defence."""
     message = report.error or (
@@ -290,9 +311,14 @@ def _not_attached(pid: int, report: HelperReport, outcome: AttackOutcome) -> Non
     if tracer:
         outcome.status = BLOCKED
         outcome.reason = f"already traced by pid {tracer} ({_comm(tracer)}); lldb {message}"
-    elif re.search(r"not permitted|permission|ptrace|denied", message, re.IGNORECASE):
+    elif (refused := _ptrace_refused(pid)) or re.search(
+        r"not permitted|permission|denied", message, re.IGNORECASE
+    ):
         outcome.status = BLOCKED
-        outcome.reason = f"lldb {message} (non-dumpable process, another uid or ptrace_scope)"
+        outcome.reason = (
+            f"lldb {message}; ptrace access refused ({refused or 'lldb says so'}): "
+            f"non-dumpable process, another uid, or ptrace_scope"
+        )
     else:
         outcome.status, outcome.reason = ERROR, f"lldb {message}"
 
@@ -379,6 +405,18 @@ def core_shortfall(live: list[Region], ranges: list[Span]) -> Shortfall:
     return result
 
 
+def _live(pid: int, outcome: AttackOutcome) -> list[Region] | None:
+    """The target's regions; [] when the kernel refuses them (another uid: lldb's attach
+    will be refused too, and says so); None, with the outcome filled, when it is gone."""
+    try:
+        return live_regions(pid)
+    except PermissionError:
+        return []
+    except (FileNotFoundError, ProcessLookupError):
+        outcome.status, outcome.reason = ERROR, f"process {pid} does not exist"
+        return None
+
+
 def _detach_check(report: HelperReport, outcome: AttackOutcome) -> bool:
     if report.detached:
         return True
@@ -399,10 +437,8 @@ class Lldb(Attack):
     def _run(
         self, pid: int, scanner: Scanner, workdir: Path | None, outcome: AttackOutcome
     ) -> None:
-        try:
-            live = live_regions(pid)
-        except (FileNotFoundError, ProcessLookupError):
-            outcome.status, outcome.reason = ERROR, f"process {pid} does not exist"
+        live = _live(pid, outcome)
+        if live is None:
             return
         tools = find_lldb()
         with tempfile.TemporaryDirectory(prefix="lldb-", dir=workdir) as private:
@@ -410,6 +446,7 @@ class Lldb(Attack):
             if report.attached is None:
                 _not_attached(pid, report, outcome)
                 return
+            live = live or report.regions  # the live map was refused, lldb's was not
             source = SegmentSource(
                 [Segment(r.start, r.end - r.start, Path(private) / r.note) for r in report.runs],
                 live,
@@ -447,10 +484,8 @@ class LldbCore(Attack):
     def _run(
         self, pid: int, scanner: Scanner, workdir: Path | None, outcome: AttackOutcome
     ) -> None:
-        try:
-            live = live_regions(pid)
-        except (FileNotFoundError, ProcessLookupError):
-            outcome.status, outcome.reason = ERROR, f"process {pid} does not exist"
+        live = _live(pid, outcome)
+        if live is None:
             return
         tools = find_lldb()
         with tempfile.TemporaryDirectory(prefix="lldb-core-", dir=workdir) as private:

@@ -58,6 +58,7 @@ from ._base import BLOCKED, ERROR, Attack, AttackOutcome, scan_core
 from ._proc_mem import KERNEL_PAGES
 from .scan import Scanner
 from .sources import MinidumpSource, ReadStats, Region, Segment, SegmentSource, live_regions
+from .sources._vmmap import VmmapError
 
 HELPER = Path(__file__).with_name("_lldb_helper.py")
 LLDB_NAMES = ("lldb-19", "lldb")  # Debian installs versioned names only
@@ -405,16 +406,29 @@ def core_shortfall(live: list[Region], ranges: list[Span]) -> Shortfall:
     return result
 
 
-def _live(pid: int, outcome: AttackOutcome) -> list[Region] | None:
-    """The target's regions; [] when the kernel refuses them (another uid: lldb's attach
-    will be refused too, and says so); None, with the outcome filled, when it is gone."""
+def _live(pid: int, outcome: AttackOutcome) -> tuple[list[Region], str] | None:
+    """The target's regions and a note; no regions when the system refuses them (another
+    uid: lldb's attach will be refused too, and say so); None, with the outcome filled,
+    when the process is gone."""
     try:
-        return live_regions(pid)
-    except PermissionError:
-        return []
+        return live_regions(pid), ""
     except (FileNotFoundError, ProcessLookupError):
         outcome.status, outcome.reason = ERROR, f"process {pid} does not exist"
         return None
+    except (PermissionError, VmmapError) as exc:
+        return [], f"; live regions refused ({exc}), lldb's own list used"
+
+
+def _finished(report: HelperReport, outcome: AttackOutcome) -> bool:
+    """The helper attached and ran to the end; else the outcome says why not."""
+    if report.returncode == 0:
+        return True
+    outcome.status = ERROR
+    outcome.reason = (
+        f"lldb helper exited {report.returncode} after attaching: "
+        f"{report.error or report.stderr_tail or 'no output'}"
+    )
+    return False
 
 
 def _detach_check(report: HelperReport, outcome: AttackOutcome) -> bool:
@@ -437,14 +451,17 @@ class Lldb(Attack):
     def _run(
         self, pid: int, scanner: Scanner, workdir: Path | None, outcome: AttackOutcome
     ) -> None:
-        live = _live(pid, outcome)
-        if live is None:
+        found = _live(pid, outcome)
+        if found is None:
             return
+        live, note = found
         tools = find_lldb()
         with tempfile.TemporaryDirectory(prefix="lldb-", dir=workdir) as private:
             report = run_helper(tools, pid, Path(private))
             if report.attached is None:
                 _not_attached(pid, report, outcome)
+                return
+            if not _finished(report, outcome):
                 return
             live = live or report.regions  # the live map was refused, lldb's was not
             source = SegmentSource(
@@ -459,7 +476,7 @@ class Lldb(Attack):
         outcome.findings = scanner.summarize(outcome.hits)
         outcome.reason = (
             f"{tools.version}: {len(report.listed)} regions listed readable, "
-            f"{len(report.runs)} runs read"
+            f"{len(report.runs)} runs read{note}"
         )
         if not _detach_check(report, outcome):
             return
@@ -484,17 +501,17 @@ class LldbCore(Attack):
     def _run(
         self, pid: int, scanner: Scanner, workdir: Path | None, outcome: AttackOutcome
     ) -> None:
-        live = _live(pid, outcome)
-        if live is None:
+        found = _live(pid, outcome)
+        if found is None:
             return
+        live, note = found
         tools = find_lldb()
         with tempfile.TemporaryDirectory(prefix="lldb-core-", dir=workdir) as private:
             report = run_helper(tools, pid, Path(private), core=True)
             if report.attached is None:
                 _not_attached(pid, report, outcome)
                 return
-            if not report.core:
-                outcome.status, outcome.reason = ERROR, f"lldb {report.error or 'wrote no core'}"
+            if not _finished(report, outcome):
                 return
             core = Path(private) / report.core
             with open(core, "rb") as handle:
@@ -503,7 +520,7 @@ class LldbCore(Attack):
                 size, dumped, excluded = scan_core(core, live, scanner, outcome)
                 outcome.reason = (
                     f"{tools.version}: ELF core of {size} bytes: {dumped} segments dumped, "
-                    f"{excluded} excluded"
+                    f"{excluded} excluded{note}"
                 )
                 _detach_check(report, outcome)
                 return
@@ -521,7 +538,7 @@ class LldbCore(Attack):
         outcome.findings = scanner.summarize(outcome.hits)
         outcome.reason = (
             f"{tools.version}: minidump ({source.memory_list}) of {size} bytes, "
-            f"{len(ranges)} memory ranges"
+            f"{len(ranges)} memory ranges{note}"
         )
         if not _detach_check(report, outcome):
             return

@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -158,6 +159,7 @@ class HelperReport:
     core: str = ""  # the core file's name
     detached: bool = False
     stderr_tail: str = ""
+    retried: str = ""  # why the attach was tried a second time, if it was
 
 
 def _terminate_raises() -> None:
@@ -245,6 +247,26 @@ def run_helper(tools: LldbTools, pid: int, out: Path, core: bool = False) -> Hel
     return report
 
 
+def attach_and_run(tools: LldbTools, pid: int, out: Path, core: bool = False) -> HelperReport:
+    """`run_helper`, with one more attempt when lldb-server died during an attach that the
+    kernel allows: lldb-server aborts when ptrace refuses one of the target's threads for a
+    moment (llvm-project issues 138085 and 161510), which the client sees as a lost
+    connection. Seen once in 450 attaches here. The retry is reported, never hidden."""
+    report = run_helper(tools, pid, out, core)
+    if (
+        report.attached is None
+        and "lost connection" in report.error
+        and os.path.exists(f"/proc/{pid}")
+        and not _ptrace_refused(pid)
+        and not _tracer(pid)
+    ):
+        first = report.error
+        time.sleep(0.2)
+        report = run_helper(tools, pid, out, core)
+        report.retried = f"; attach retried once after '{first}'"
+    return report
+
+
 def _record(report: HelperReport, event: dict[str, object]) -> None:
     kind = event.pop("event")
     if kind == "attached":
@@ -321,7 +343,9 @@ def _not_attached(pid: int, report: HelperReport, outcome: AttackOutcome) -> Non
             f"non-dumpable process, another uid, or ptrace_scope"
         )
     else:
-        outcome.status, outcome.reason = ERROR, f"lldb {message}"
+        tail = f" ({report.stderr_tail})" if report.error and report.stderr_tail else ""
+        outcome.status, outcome.reason = ERROR, f"lldb {message}{tail}"
+    outcome.reason += report.retried
 
 
 def _overlap(start: int, end: int, spans: list[Span]) -> int:
@@ -457,7 +481,7 @@ class Lldb(Attack):
         live, note = found
         tools = find_lldb()
         with tempfile.TemporaryDirectory(prefix="lldb-", dir=workdir) as private:
-            report = run_helper(tools, pid, Path(private))
+            report = attach_and_run(tools, pid, Path(private))
             if report.attached is None:
                 _not_attached(pid, report, outcome)
                 return
@@ -476,7 +500,7 @@ class Lldb(Attack):
         outcome.findings = scanner.summarize(outcome.hits)
         outcome.reason = (
             f"{tools.version}: {len(report.listed)} regions listed readable, "
-            f"{len(report.runs)} runs read{note}"
+            f"{len(report.runs)} runs read{note}{report.retried}"
         )
         if not _detach_check(report, outcome):
             return
@@ -507,7 +531,7 @@ class LldbCore(Attack):
         live, note = found
         tools = find_lldb()
         with tempfile.TemporaryDirectory(prefix="lldb-core-", dir=workdir) as private:
-            report = run_helper(tools, pid, Path(private), core=True)
+            report = attach_and_run(tools, pid, Path(private), core=True)
             if report.attached is None:
                 _not_attached(pid, report, outcome)
                 return
@@ -520,7 +544,7 @@ class LldbCore(Attack):
                 size, dumped, excluded = scan_core(core, live, scanner, outcome)
                 outcome.reason = (
                     f"{tools.version}: ELF core of {size} bytes: {dumped} segments dumped, "
-                    f"{excluded} excluded{note}"
+                    f"{excluded} excluded{note}{report.retried}"
                 )
                 _detach_check(report, outcome)
                 return
@@ -538,7 +562,7 @@ class LldbCore(Attack):
         outcome.findings = scanner.summarize(outcome.hits)
         outcome.reason = (
             f"{tools.version}: minidump ({source.memory_list}) of {size} bytes, "
-            f"{len(ranges)} memory ranges{note}"
+            f"{len(ranges)} memory ranges{note}{report.retried}"
         )
         if not _detach_check(report, outcome):
             return

@@ -222,6 +222,53 @@ def test_another_uid_is_blocked(holder: Holder) -> None:
     assert "ptrace access refused (EACCES opening /proc/" in reason
 
 
+def test_a_non_dumpable_process_of_the_same_uid_is_blocked(tmp_path: Path) -> None:
+    # Both as nobody: the target made itself non-dumpable (PR_SET_DUMPABLE 0), so the
+    # kernel refuses ptrace to its own uid. Debian's python3: nobody cannot reach pyenv's.
+    target = subprocess.Popen(
+        [
+            "/usr/bin/python3",
+            "-c",
+            "import ctypes, sys; assert ctypes.CDLL(None).prctl(4, 0, 0, 0, 0) == 0;"
+            "print('ready', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        user=65534,
+        group=65534,
+        extra_groups=[],
+    )
+    try:
+        assert target.stdout is not None and target.stdout.readline().strip() == "ready"
+        scanner = _scanner(os.urandom(32))
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            try:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                outcome = ATTACKS["lldb"]().run(target.pid, scanner)
+                os.write(w, json.dumps([outcome.status, outcome.attacker, outcome.reason]).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as reader:
+            status, attacker, reason = json.loads(reader.read())
+        os.waitpid(child, 0)
+        # (the attacker label follows /proc/PID's owner, which non-dumpable makes root on
+        # some kernels and not in this sandbox's user namespace: not what is tested here)
+        assert status == BLOCKED and attacker in ("same-user", "other-user"), reason
+        assert "ptrace access refused (EACCES opening /proc/" in reason
+    finally:
+        target.kill()
+        target.wait()
+        for stream in (target.stdin, target.stdout):
+            if stream is not None:
+                stream.close()
+
+
 def test_a_vanished_process_is_an_error() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()

@@ -69,6 +69,7 @@ MACOS_FIX = "xcode-select --install"
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's; on macOS the shim to the CLT's python3
 HELPER_TIMEOUT_S = 900  # a 200 MB target takes ~15 s; this only stops a hung lldb
 REAP_TIMEOUT_S = 30  # the helper's detach after SIGTERM
+HELD = {signal.SIGINT, signal.SIGTERM}
 
 
 class LldbUnavailableError(RuntimeError):
@@ -186,8 +187,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def _reap(proc: subprocess.Popen[str]) -> None:
     """Stop the helper (it detaches first) and wait for it, with SIGINT/SIGTERM held back
     so that a second signal cannot leave it running; they are delivered afterwards."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
     try:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -223,16 +223,22 @@ def run_helper(tools: LldbTools, pid: int, out: Path, core: bool = False) -> Hel
     report = HelperReport()
     err_path = out / "helper.err"
     with _sigterm_as_interrupt(), open(err_path, "w") as err:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=env,
-        )
-        watchdog = threading.Timer(HELPER_TIMEOUT_S, proc.terminate)
-        watchdog.start()
+        # Signals are held back until the helper is in hand, so that an interrupt cannot
+        # leave it unreaped; the helper unblocks them itself (it inherits the mask).
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+        try:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=env,
+            )
+            watchdog = threading.Timer(HELPER_TIMEOUT_S, proc.terminate)
+            watchdog.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:

@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise)
+    # the harness blocks them while it starts us, and the mask is inherited
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     os.umask(0o077)
     writer = Writer(args.out)
     try:

@@ -14,14 +14,19 @@ $(VENV)/.test-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# System debuggers (gdb, lldb-19): installed as root, else the install commands are printed
+# and the attacks that need them report `skipped`. The stamp is touched once all are present.
+$(VENV)/.system-tools: scripts/setup-system-tools | $(PY)
+	bash scripts/setup-system-tools --stamp $@
+
 $(VENV)/.lab-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test,notebooks]'
 	touch $@ $(VENV)/.test-installed
 
-lab: $(VENV)/.lab-installed
+lab: $(VENV)/.lab-installed $(VENV)/.system-tools
 	$(PY) -m memcryptor_lab run --out results --bench quick
 
-test: $(VENV)/.test-installed
+test: $(VENV)/.test-installed $(VENV)/.system-tools
 	$(PY) -m ruff check memcryptor_lab attacks tests
 	$(PY) -m pytest
 

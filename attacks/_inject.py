@@ -33,8 +33,7 @@ from pathlib import Path
 from ._base import BLOCKED, ERROR, Attack, AttackOutcome
 from ._proc_mem import KERNEL_PAGES
 from .scan import Scanner
-from .sources import FileSource, Region, read_regions
-from .sources.segments import Segment, SegmentFileSource
+from .sources import FileSource, Region, Segment, SegmentSource, read_regions
 
 GDB_TIMEOUT_S = 300
 _HERE = Path(__file__).resolve().parent
@@ -126,11 +125,11 @@ class Inject(_Injection):
             segments, offset, failed = [], 0, 0
             for start, done in result["written"]:  # type: ignore[attr-defined]
                 if done > 0:
-                    segments.append(Segment(start, offset, done))
+                    segments.append(Segment(start, done, image, offset))
                     offset += done
                 else:
                     failed += 1
-            source = SegmentFileSource(image, segments, live)
+            source = SegmentSource(segments, live)
             try:
                 outcome.regions_total = len(wanted)
                 outcome.hits = scanner.scan(source)

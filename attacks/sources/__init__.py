@@ -4,7 +4,10 @@ from ._base import PAGE, Chunk, MemorySource, ReadStats
 from ._regions import Region, parse_maps, read_regions
 from .elf_core import ElfCoreSource
 from .file import FileSource
+from .live import live_regions
+from .minidump import MinidumpSource, NotAMinidumpError
 from .proc_mem import ProcessGoneError, ProcMemSource
+from .segments import Segment, SegmentSource
 from .swap import SwapSource
 from .vm_readv import VmReadvSource
 
@@ -14,12 +17,17 @@ __all__ = [
     "ElfCoreSource",
     "FileSource",
     "MemorySource",
+    "MinidumpSource",
+    "NotAMinidumpError",
     "ProcMemSource",
     "ProcessGoneError",
     "ReadStats",
     "Region",
+    "Segment",
+    "SegmentSource",
     "SwapSource",
     "VmReadvSource",
+    "live_regions",
     "parse_maps",
     "read_regions",
 ]

@@ -1,14 +1,19 @@
-"""A file holding pieces of a process's memory back to back, each at a known address.
+"""Memory saved as file segments (a debugger's reads, a core's memory list) scanned at the
+virtual addresses they came from.
 
-Written by an attack that had the memory copied out piece by piece (an injected `write`,
-a debugger's `memory read` per region): `segments` says where each piece came from.
+Each `Segment` says where its bytes sit in which file and which address they were read
+from. Chunks are attributed to the live region that held the address when the memory was
+taken (the caller passes the process's regions from just before), else to what the caller's
+`fallback` names (a minidump's module, say), else to a region made from the segment.
+Chunks never cross a region boundary; bytes covered by an earlier segment are not read
+again (a core may list a thread's stack twice).
 """
 
 from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,24 +26,29 @@ CHUNK_BYTES = 16 * 1024 * 1024
 @dataclass(frozen=True, slots=True)
 class Segment:
     address: int
-    file_offset: int
     length: int
+    path: Path
+    offset: int = 0  # where the bytes start in `path`
+
+    @property
+    def end(self) -> int:
+        return self.address + self.length
 
 
-class SegmentFileSource:
-    name = "segment-file"
+class SegmentSource:
+    name = "segments"
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
         segments: list[Segment],
-        live_regions: list[Region],
+        live_regions: list[Region] | None = None,
+        fallback: Callable[[Segment, int], Region | None] | None = None,
         chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
-        self.path = Path(path)
-        self.segments = sorted(segments, key=lambda s: s.address)
-        self._live = sorted(live_regions, key=lambda r: r.start)
+        self.segments = sorted(segments, key=lambda s: (s.address, -s.length))
+        self._live = sorted(live_regions or [], key=lambda r: r.start)
         self._starts = [r.start for r in self._live]
+        self._fallback = fallback
         self._chunk_bytes = chunk_bytes
         self._stats = ReadStats()
 
@@ -46,30 +56,50 @@ class SegmentFileSource:
     def stats(self) -> ReadStats:
         return self._stats
 
-    def _region_for(self, address: int, length: int) -> Region:
+    def region_for(self, segment: Segment, address: int) -> Region:
         i = bisect.bisect_right(self._starts, address) - 1
         if i >= 0 and address < self._live[i].end:
             return self._live[i]
-        return Region(address, address + length, "----", path="(copied out)")
+        named = self._fallback(segment, address) if self._fallback is not None else None
+        if named is not None and named.start <= address < named.end:
+            return named
+        return Region(segment.address, segment.end, "----", path="(segment)")
 
     def regions(self) -> list[Region]:
-        return [self._region_for(s.address, s.length) for s in self.segments]
+        found: dict[int, Region] = {r.start: r for r in self._live}
+        for segment in self.segments:
+            address = segment.address
+            while address < segment.end:
+                region = self.region_for(segment, address)
+                found.setdefault(region.start, region)
+                address = min(region.end, segment.end) if region.end > address else segment.end
+        return sorted(found.values(), key=lambda r: r.start)
 
     def chunks(self) -> Iterator[Chunk]:
         buffer = bytearray(self._chunk_bytes)
         view = memoryview(buffer)
-        with open(self.path, "rb", buffering=0) as handle:
+        covered = 0  # highest address yielded so far
+        handles: dict[Path, int] = {}
+        try:
             for segment in self.segments:
                 self._stats.regions_total += 1
-                region = self._region_for(segment.address, segment.length)
-                done = 0
-                while done < segment.length:
-                    want = min(len(view), segment.length - done)
-                    got = os.preadv(handle.fileno(), [view[:want]], segment.file_offset + done)
-                    if got <= 0:
-                        self._stats.record_error(0, segment.length - done)
+                address = max(segment.address, covered)
+                while address < segment.end:
+                    region = self.region_for(segment, address)
+                    stop = min(segment.end, region.end if region.end > address else segment.end)
+                    want = min(len(view), stop - address)
+                    fd = handles.get(segment.path)
+                    if fd is None:
+                        fd = handles[segment.path] = os.open(segment.path, os.O_RDONLY)
+                    got = os.preadv(fd, [view[:want]], segment.offset + address - segment.address)
+                    if got <= 0:  # the file is shorter than the segment says
+                        self._stats.record_error(0, segment.end - address)
                         break
                     self._stats.bytes_read += got
-                    yield Chunk(region, segment.address + done, view[:got])
-                    done += got
-        view.release()
+                    yield Chunk(region, address, view[:got])
+                    address += got
+                covered = max(covered, segment.end)
+        finally:
+            view.release()
+            for fd in handles.values():
+                os.close(fd)

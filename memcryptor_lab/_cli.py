@@ -118,6 +118,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _notebook_parameter(text: str) -> tuple[str, object]:
+    import json
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -129,6 +141,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             path = build_report(
                 args.run_dir,
                 notebooks=args.notebooks,
+                parameters=dict(args.parameter or []),
                 timeout=args.timeout,
                 progress=None if args.quiet else lambda name: status.update(f"report: {name}"),
             )
@@ -250,6 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="then replace DIR (results/reference) with the run's summaries, figures and "
         "report; only a complete run with its bench",
+    )
+    report.add_argument(
+        "-p",
+        "--parameter",
+        type=_notebook_parameter,
+        action="append",
+        metavar="NAME=VALUE",
+        help="a notebook parameter (repeatable), e.g. -p dpi=80; VALUE is read as JSON, "
+        "else taken as a string",
     )
     report.add_argument("--timeout", type=int, default=900, help="seconds per notebook cell")
     report.add_argument("--quiet", action="store_true", help="no progress display")

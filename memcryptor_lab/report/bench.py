@@ -176,8 +176,8 @@ def throughput_figure(bench: pd.DataFrame) -> Figure:
             ax.fill_between(
                 part["param"], part["q1"], part["q3"], color=colors[subject], alpha=0.15
             )
-        _payload_axis(ax, params)
         ax.set_yscale("log")
+        _payload_axis(ax, params)
         ax.set_title(operation)
         ax.set_xlabel("payload")
         ax.grid(color="#e5e5e5", linewidth=0.6)
@@ -297,6 +297,7 @@ def latency_figure(bench: pd.DataFrame) -> Figure:
         medianprops={"color": "#d7301f"},
     )
     ax.set_yscale("log")
+    ax.minorticks_off()
     ax.set_xticks(range(1, len(labels) + 1), labels, rotation=45, ha="right", fontsize=8)
     for x, (s, note) in enumerate(zip(stats, notes, strict=True), start=1):
         ax.annotate(
@@ -344,9 +345,12 @@ def scale_figure(bench: pd.DataFrame) -> Figure:
             if values.notna().any():
                 ax.plot(part["param"], values, marker="o", markersize=4, color=colors[subject])
         ax.set_xscale("log")
+        held = sorted(set(frame["param"]))
+        ax.set_xticks(held, [f"{int(p):,}" for p in held], fontsize=8)
         positive = frame.loc[(frame["metric"] == metric) & (frame["value"] > 0), "value"]
         if len(positive) and positive.max() > 20 * positive.min():  # spans decades: log
             ax.set_yscale("log")
+        ax.minorticks_off()  # log minor labels cost seconds in layout and say nothing
         ax.set_title(SCALE_METRICS.get(metric, metric), fontsize=10)
         ax.set_xlabel("secrets held")
         ax.grid(color="#e5e5e5", linewidth=0.6)

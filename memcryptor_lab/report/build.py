@@ -7,8 +7,11 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +85,20 @@ def _kernel_imports_this_package() -> Iterator[None]:
             os.environ["PYTHONPATH"] = previous
 
 
-def _ipc_kernel_manager() -> type:
-    """Kernels that talk over Unix sockets beside their connection file (in Jupyter's 0700
-    runtime directory) instead of TCP on localhost, where other local users could reach
-    them and ipykernel warns of unencrypted traffic."""
+def _ipc_kernel_manager(sockets: Path) -> type:
+    """Kernels that talk over Unix sockets in `sockets` (a private 0700 directory) instead
+    of TCP on localhost, where other local users could reach them and ipykernel warns of
+    unencrypted traffic. Each kernel gets its own socket names: jupyter_client's default
+    ('kernel-ipc' in the working directory) is shared by kernels running side by side."""
     from jupyter_client.manager import AsyncKernelManager
-    from traitlets import CaselessStrEnum
+    from traitlets import CaselessStrEnum, default
 
     class IPCKernelManager(AsyncKernelManager):  # type: ignore[misc]
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _ip_default(self) -> str:
+            return str(sockets / f"kernel-{uuid.uuid4().hex[:16]}")
 
         async def _async_interrupt_kernel(self) -> None:
             # jupyter_client sends SIGINT before a shutdown request; an idle kernel then
@@ -108,38 +116,55 @@ def execute_notebooks(
     parameters: Mapping[str, Any] | None = None,
     timeout: int = 900,
     progress: Callable[[str], None] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Path]:
-    """Run every notebook on `run_dir` (papermill), writing `RUN_DIR/notebooks/*.ipynb`."""
+    """Run every notebook on `run_dir` (papermill), writing `RUN_DIR/notebooks/*.ipynb`.
+
+    The notebooks are independent (each reads the run, writes its own figures), so they run
+    side by side, one kernel each, up to one per CPU."""
     _require()
     import papermill
 
     source = notebooks_dir(notebooks)
     out = run_dir / EXECUTED_DIR
     out.mkdir(exist_ok=True)
-    executed = {}
-    with _kernel_imports_this_package():
-        for name in NOTEBOOKS:
-            if progress:
-                progress(name)
-            target = out / f"{name}.ipynb"
-            try:
-                papermill.execute_notebook(
-                    str(source / f"{name}.ipynb"),
-                    str(target),
-                    parameters={"run_dir": str(run_dir), **(parameters or {})},
-                    kernel_name="python3",
-                    cwd=str(run_dir),
-                    progress_bar=False,
-                    execution_timeout=timeout,
-                    kernel_manager_class=_ipc_kernel_manager(),
-                )
-            except papermill.PapermillExecutionError as exc:
-                raise ReportError(
-                    f"notebook {name} failed on {run_dir}: {exc.ename}: {exc.evalue} "
-                    f"(the executed notebook with the traceback: {target})"
-                ) from None
-            executed[name] = target
-    return executed
+
+    def execute(name: str) -> Path:
+        if progress:
+            progress(name)
+        target = out / f"{name}.ipynb"
+        try:
+            papermill.execute_notebook(
+                str(source / f"{name}.ipynb"),
+                str(target),
+                parameters={"run_dir": str(run_dir), **(parameters or {})},
+                kernel_name="python3",
+                cwd=str(run_dir),
+                progress_bar=False,
+                execution_timeout=timeout,
+                kernel_manager_class=manager,
+            )
+        except papermill.PapermillExecutionError as exc:
+            raise ReportError(
+                f"notebook {name} failed on {run_dir}: {exc.ename}: {exc.evalue} "
+                f"(the executed notebook with the traceback: {target})"
+            ) from None
+        return target
+
+    count = workers or min(len(NOTEBOOKS), os.cpu_count() or 1)
+    with (
+        tempfile.TemporaryDirectory(prefix="memlab-kernels-") as sockets,  # mode 0700
+        _kernel_imports_this_package(),
+        ThreadPoolExecutor(count) as pool,
+    ):
+        manager = _ipc_kernel_manager(Path(sockets))
+        futures = {name: pool.submit(execute, name) for name in NOTEBOOKS}
+        try:
+            return {name: future.result() for name, future in futures.items()}
+        except BaseException:
+            for future in futures.values():  # not started yet: never start them
+                future.cancel()
+            raise
 
 
 def render_html(run_dir: Path, executed: Mapping[str, Path]) -> Path:

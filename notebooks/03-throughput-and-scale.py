@@ -38,7 +38,7 @@ report.markdown(
     ""
     if run.has_bench
     else "**This run has no bench.csv**: the figures below are empty. Measure with "
-    "`memlab run --bench quick` (or `memlab bench --out RESULTS`, `make lab`)."
+    "`memlab run --bench quick` (matrix and bench in one run folder) or `make lab`."
 )
 
 # %% [markdown]

@@ -195,3 +195,44 @@ def test_committed_notebooks_have_no_outputs_and_pairs_are_in_sync() -> None:
         assert cells(paired) == cells(stored), f"{name}: run `jupytext --sync notebooks/*.py`"
         parameters = [c for c in stored.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(parameters) == 1 and "run_dir" in parameters[0].source, name
+
+
+@needs_root()
+def test_rendering_takes_attackers_attacks_and_phases_it_has_not_seen(report_run) -> None:
+    """The lab gains attackers, attacks and phases; the report must show them without a
+    change. Relabelled copies of this run's real rows stand in for them here (rendering
+    only: nothing below is presented as a measurement)."""
+    import pandas as pd
+
+    from memcryptor_lab.lab import PHASE_ORDER, load_results
+    from memcryptor_lab.report import exposure, matrix, recommend
+
+    _, run_dir, _ = report_run
+    rows = load_results(run_dir)
+    hits = load_results(run_dir, "hits")
+    extra = [
+        rows.assign(attacker="same-user"),
+        rows.assign(attack="lldb", artefact="debugger-live"),
+        rows[rows.phase == "released"].assign(phase="after-gc"),
+        rows[rows.phase == "released"].assign(phase="after-exit", attack="swap", artefact="swap"),
+    ]
+    wider = pd.concat([rows, *extra], ignore_index=True)
+    wider_hits = pd.concat([hits, hits.assign(attacker="same-user")], ignore_index=True)
+    cells = matrix.cells(wider)
+    phases = [p for p in PHASE_ORDER if p in set(cells.phase)]
+    assert phases == ["at-rest", "in-use", "released", "after-gc", "after-exit"]
+    for metric in matrix.METRICS:
+        fig = matrix.heatmap(cells, metric)
+        titles = {ax.get_title() for ax in fig.axes}
+        assert {"same-user · after-gc", "root · after-exit"} <= titles
+        assert "lldb" in {t.get_text() for t in fig.axes[0].get_xticklabels()}
+    verdicts = matrix.verdicts(cells)
+    assert {"same-user · live-memory", "root · swap", "root · debugger-live"} <= set(
+        verdicts.threat
+    )
+    assert set(matrix.recommendations(verdicts).design) == set(DESIGNS)
+    table = recommend.scenario_table(verdicts)
+    assert (table["attackers not measured in this run"] != "none").sum() == 1  # other-user
+    exposure.exposure_figure(cells)
+    exposure.region_figure(exposure.region_table(wider_hits), cells)
+    assert set(exposure.exposure_table(cells).attacker) == {"root", "same-user"}

@@ -424,7 +424,10 @@ def bench_claims(bench: pd.DataFrame) -> list[str]:
     """The cost story in sentences, each with its numbers."""
     frame = ok(bench)
     if frame.empty:
-        return ["No benchmark figures in this run."]
+        return [
+            "No benchmark figures in this run: `memlab run --bench quick` measures them "
+            "with the matrix, into the same run folder (`make lab` does)."
+        ]
     lines = []
     lat = frame[frame["group"] == "latency"]
     base = lat[lat["subject"].isin(baselines(lat))]

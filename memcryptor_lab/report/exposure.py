@@ -83,7 +83,7 @@ def exposure_figure(cell_frame: pd.DataFrame, *, max_cols: int = 4) -> Figure:
     styles = ["-", "--", ":", "-."]
     ncols = min(max_cols, len(targets))
     nrows = math.ceil(len(targets) / ncols)
-    fig = new_figure(ncols * max(3.2, 0.75 * len(phases) + 1.2), nrows * 2.6 + 1.0)
+    fig = new_figure(max(9.0, ncols * max(3.2, 0.75 * len(phases) + 1.2)), nrows * 2.6 + 1.0)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     top = max(1, int(table[["plaintext copies (most)", "key copies (most)"]].max().max()))
     x = np.arange(len(phases))
@@ -195,11 +195,14 @@ def region_figure(
         return message_figure(f"no copies of the {needle} in any region, in any phase")
     labels = sorted(set(frame["region"]))
     palette = colormaps["tab20"]
-    colors = {label: palette(i % 20) for i, label in enumerate(labels)}
+    # colours from every region of the run, so a region has one colour in every figure
+    colors = {label: palette(i % 20) for i, label in enumerate(sorted(set(regions["region"])))}
     attackers = attacker_order(frame["attacker"])
     ncols = min(max_cols, len(targets))
     nrows = math.ceil(len(targets) / ncols)
-    fig = new_figure(ncols * max(3.2, 0.55 * len(phases) * len(attackers) + 1.2), nrows * 2.6 + 1.4)
+    fig = new_figure(
+        max(9.0, ncols * max(3.2, 0.55 * len(phases) * len(attackers) + 1.2)), nrows * 2.6 + 1.4
+    )
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     width = 0.8 / max(1, len(attackers))
     for index, target in enumerate(targets):
@@ -251,8 +254,9 @@ def region_figure(
     )
     fig.supylabel("copies", fontsize=9)
     fig.suptitle(
-        f"Where the {NEEDLES.get(needle, needle)} copies lie, by phase "
-        "(region, permissions, smaps flags: lo locked, dd no-dump, wf wipe-on-fork)"
+        f"Where the {NEEDLES.get(needle, needle)} copies lie, by phase\n"
+        "(region, permissions, smaps flags: lo locked, dd no-dump, wf wipe-on-fork)",
+        fontsize=11,
     )
     return fig
 

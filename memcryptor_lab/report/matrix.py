@@ -351,10 +351,11 @@ def heatmap(cell_frame: pd.DataFrame, metric: str = "plaintext", *, max_cols: in
     pairs = zip(frame["design"], frame["victim"], strict=True)
     labels = frame.assign(target=[target_label(d, v) for d, v in pairs])
     if metric == "blocked":
-        cmap, norm = ListedColormap(_STATUS_COLORS), BoundaryNorm([-0.5, 0.5, 1.5, 2.5], 3)
+        cmap = ListedColormap(_STATUS_COLORS).with_extremes(bad=_MISSING)
+        norm = BoundaryNorm([-0.5, 0.5, 1.5, 2.5], 3)
     else:
-        cmap, norm = ListedColormap(_COPY_COLORS), BoundaryNorm(_COPY_BOUNDS, len(_COPY_COLORS))
-    cmap.set_bad(_MISSING)
+        cmap = ListedColormap(_COPY_COLORS).with_extremes(bad=_MISSING)
+        norm = BoundaryNorm(_COPY_BOUNDS, len(_COPY_COLORS))
     for index, (attacker, phase) in enumerate(panels):
         ax = axes[index // ncols][index % ncols]
         if not attacker:
@@ -587,9 +588,11 @@ def verdict_figure(verdict_frame: pd.DataFrame) -> Figure:
     threats = threat_order(verdict_frame)
     codes = list(VERDICTS)
     grid = np.full((len(designs), len(threats)), np.nan)
-    fig = new_figure(1.55 * len(threats) + 2.6, 0.55 * len(designs) + 2.0)
+    fig = new_figure(max(8.0, 1.55 * len(threats) + 2.6), 0.55 * len(designs) + 2.0)
     ax = fig.add_subplot()
-    cmap = ListedColormap([VERDICTS[c][1] for c in codes])
+    cmap = ListedColormap([VERDICTS[c][1] for c in codes]).with_extremes(
+        bad=VERDICTS["not-measured"][1]
+    )
     norm = BoundaryNorm(np.arange(len(codes) + 1) - 0.5, len(codes))
     for r in verdict_frame.itertuples():
         y, x = designs.index(r.design), threats.index(r.threat)
@@ -613,7 +616,6 @@ def verdict_figure(verdict_frame: pd.DataFrame) -> Figure:
             wrap=True,
             color="white" if dark else "black",
         )
-    cmap.set_bad(VERDICTS["not-measured"][1])
     ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto")
     ax.set_xticks(range(len(threats)), [t.replace(" · ", "\n") for t in threats], fontsize=9)
     ax.set_yticks(range(len(designs)), designs, fontsize=10)

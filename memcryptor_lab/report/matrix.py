@@ -30,6 +30,7 @@ from ._common import (
     join,
     message_figure,
     new_figure,
+    ordered,
     phase_order,
     sort_frame,
     target_label,
@@ -297,7 +298,11 @@ def verdict_claims(verdict_frame: pd.DataFrame) -> list[str]:
             group = mine[mine["verdict"].isin(codes)]
             if len(group):
                 parts.append(
-                    f"{words} " + join(f"{r.threat} ({r.evidence})" for r in group.itertuples())
+                    f"{words} "
+                    + join(
+                        f"{r.threat} ({r.evidence or r.why_not_measured or 'no rows'})"
+                        for r in group.itertuples()
+                    )
                 )
         lines.append(f"**{design}** " + "; ".join(parts) + ".")
     return lines
@@ -468,7 +473,8 @@ def verdicts(cell_frame: pd.DataFrame) -> pd.DataFrame:
     revealed), 'clean', 'blocked' (every measured cell refused some pages and nothing was
     found), 'not-measured' (no attack of the class ran)."""
     frame = cell_frame[cell_frame["victim"] != CONTROL]
-    attackers = attacker_order(frame["attacker"])
+    # no attacker class at all: nothing ran; every class is then 'n/a' and not measured
+    attackers = attacker_order(frame["attacker"]) or [NO_ATTACKER]
     artefacts = list(dict.fromkeys(frame["artefact"]))
     ran = set(zip(frame["attacker"], frame["artefact"], strict=True))
     # an artefact no attacker reached (its attacks were all skipped) is a gap in every class
@@ -545,7 +551,7 @@ def _verdict(design: str, attacker: str, artefact: str, group: pd.DataFrame) -> 
 def threat_order(verdict_frame: pd.DataFrame) -> list[str]:
     """Threat classes: by attacker (weakest first), then by artefact as first seen."""
     order = []
-    for attacker in attacker_order(verdict_frame["attacker"]):
+    for attacker in ordered(verdict_frame["attacker"], (*ATTACKER_ORDER, NO_ATTACKER)):
         mine = verdict_frame[verdict_frame["attacker"] == attacker]
         order += list(dict.fromkeys(mine["threat"]))
     return order
@@ -683,6 +689,8 @@ def control_claims(control_frame: pd.DataFrame) -> list[str]:
         ["decoy copies", "control: plaintext copies", "control: key copies"]
     ].sum()
     cells_checked = int(control_frame["cells checked"].sum())
+    if cells_checked == 0:
+        return ["No measured cells: the decoy and control-victim checks did not run."]
     bad = int(totals.sum())
     verdict = (
         "the method found nothing that was not there"
@@ -711,7 +719,8 @@ def positive_control_claims(cell_frame: pd.DataFrame, design: str = "plain") -> 
         measured = cells_[cells_["status"].isin(MEASURED)]
         found = measured[measured["plaintext_copies"] > 0]
         if measured.empty:
-            lines.append(f"`{attack}`: did not run ({join(sorted(set(cells_['reason'])))}).")
+            why = join(sorted(set(cells_["reason"]) - {""}), "no reason given")
+            lines.append(f"`{attack}`: did not run ({why}).")
         elif found.empty:
             lines.append(
                 f"`{attack}`: **found no plaintext in `{design}`**: its zeros prove nothing."

@@ -145,15 +145,18 @@ def scenario_table(verdict_frame: pd.DataFrame) -> pd.DataFrame:
     met all of them (nothing found), those that leaked only while a secret was in use,
     those that lost plaintext or key, and the attacker classes the run did not measure."""
     records = []
+    if verdict_frame.empty:
+        verdict_frame = pd.DataFrame(
+            columns=["design", "attacker", "artefact", "threat", "verdict"]
+        )
     measured = verdict_frame[verdict_frame["verdict"] != "not-measured"]
     present = set(attacker_order(measured["attacker"])) if len(measured) else set()
     for scenario in SCENARIOS:
-        faced = measured[
-            [
-                scenario.relevant(a, f)
-                for a, f in zip(measured["attacker"], measured["artefact"], strict=True)
-            ]
+        mask = [
+            scenario.relevant(a, f)
+            for a, f in zip(measured["attacker"], measured["artefact"], strict=True)
         ]
+        faced = measured.loc[pd.Series(mask, index=measured.index, dtype=bool)]
         threats = list(dict.fromkeys(faced["threat"]))
         met, window, lost = [], [], []
         for design in design_order(faced["design"]):
@@ -187,7 +190,9 @@ def scenario_markdown(verdict_frame: pd.DataFrame) -> str:
         row = table.loc[scenario.title]
         missing = row["attackers not measured in this run"]
         measured = (
-            f"*Measured in this run* against {row['threat classes measured']}: nothing found "
+            "*Nothing this deployment faces was measured in this run.*"
+            if row["threat classes measured"] == "none"
+            else f"*Measured in this run* against {row['threat classes measured']}: nothing found "
             f"in **{row['nothing found']}**; plaintext only while in use in "
             f"**{row['only while in use']}**; plaintext or key lost by "
             f"**{row['lost plaintext or key']}**."
@@ -195,12 +200,13 @@ def scenario_markdown(verdict_frame: pd.DataFrame) -> str:
         if missing != "none":
             names = missing.split(", ")
             who = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
-            measured += (
-                f" Not measured here: the {who} attacker{'s' if len(names) > 1 else ''}. "
-                "Root can do all a same-user or other-user attacker can, so what root did "
-                "not find through a path, they cannot find through it either; what root "
-                "found, they may be blocked from."
-            )
+            measured += f" Not measured here: the {who} attacker{'s' if len(names) > 1 else ''}."
+            if "root" not in names:
+                measured += (
+                    " Root can do all a same-user or other-user attacker can, so what root "
+                    "did not find through a path, they cannot find through it either; what "
+                    "root found, they may be blocked from."
+                )
         parts.append(
             f"### {scenario.title}\n\n**Faces:** {scenario.faces}\n\n{scenario.advice}\n\n"
             f"{measured}\n"

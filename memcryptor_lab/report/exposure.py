@@ -54,6 +54,7 @@ def exposure_table(cell_frame: pd.DataFrame) -> pd.DataFrame:
             "attacker": attacker,
             "phase": phase,
             "attacks measured": len(group),
+            "blocked": join(attack_order(group.loc[group["status"] == "blocked", "attack"]), ""),
         }
         for column, name in (("plaintext_copies", "plaintext"), ("key_copies", "key")):
             most = int(group[column].max())
@@ -293,6 +294,11 @@ def exposure_claims(exposure: pd.DataFrame, regions: pd.DataFrame) -> list[str]:
         )
         if len(where):
             text += f"; in {join(sorted(set(where['region'])))}"
+        blocked = sorted({a for v in group["blocked"] for a in v.split(", ") if a})
+        if blocked:
+            text += (
+                f" (blocked: {join(attack_order(blocked))}; their counts are of what was readable)"
+            )
         if residue:
             text += f". **Plaintext survives release** ({join(residue)})"
         lines.append(text + ".")

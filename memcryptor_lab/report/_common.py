@@ -77,14 +77,6 @@ def target_order(frame: pd.DataFrame) -> list[str]:
     return labels
 
 
-def categorical(frame: pd.DataFrame, column: str, order: Sequence[str]) -> pd.DataFrame:
-    """Sort `frame` by `column` in `order` (values outside it last, in their own order)."""
-    rank = {v: i for i, v in enumerate(order)}
-    return frame.assign(_rank=frame[column].map(lambda v: rank.get(v, len(rank)))).sort_values(
-        "_rank", kind="stable"
-    )[frame.columns]
-
-
 def sort_frame(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Sort by the lab's natural orders (design, victim, attacker, attack, phase ...)."""
     orders = {
@@ -138,10 +130,6 @@ def size_label(n: int) -> str:
         if n >= scale and n % scale == 0:
             return f"{n // scale} {name}"
     return f"{n:,} B"
-
-
-def count_label(n: int) -> str:
-    return f"{n:,}"
 
 
 def join(items: Iterable[Any], empty: str = "none") -> str:

@@ -8,6 +8,7 @@ import re
 
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -126,10 +127,10 @@ def not_measured_table(bench: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _payload_axis(ax: object, params: list[int]) -> None:
-    ax.set_xscale("log", base=2)  # type: ignore[attr-defined]
-    ax.set_xticks(params, [size_label(p) for p in params], rotation=30, fontsize=8)  # type: ignore[attr-defined]
-    ax.minorticks_off()  # type: ignore[attr-defined]
+def _payload_axis(ax: Axes, params: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(params, [size_label(p) for p in params], rotation=30, fontsize=8)
+    ax.minorticks_off()
 
 
 def throughput_figure(bench: pd.DataFrame) -> Figure:

@@ -10,8 +10,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# the notebook extra too: tests/test_notebooks.py executes the report's notebooks
 $(VENV)/.test-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,notebooks]'
 	touch $@
 
 # System debuggers (gdb, lldb-19): installed as root, else the install commands are printed
@@ -23,11 +24,14 @@ $(VENV)/.lab-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test,notebooks]'
 	touch $@ $(VENV)/.test-installed
 
+# matrix and bench into one new run folder, then its report (results/<run-id>/report.html),
+# which then replaces results/reference/ (summaries, figures, report, meta)
 lab: $(VENV)/.lab-installed $(VENV)/.system-tools
 	$(PY) -m memcryptor_lab run --out results --bench quick
+	$(PY) -m memcryptor_lab report results --publish results/reference
 
 test: $(VENV)/.test-installed $(VENV)/.system-tools
-	$(PY) -m ruff check memcryptor_lab attacks tests
+	$(PY) -m ruff check memcryptor_lab attacks tests notebooks
 	$(PY) -m pytest
 
 # pytest-benchmark micro-benchmarks of hot paths; JSON in .benchmarks/
@@ -35,8 +39,8 @@ bench-micro: $(VENV)/.test-installed
 	$(PY) -m pytest tests/bench -o addopts="" -p benchmark --benchmark-autosave -q
 
 lint: $(VENV)/.test-installed
-	$(PY) -m ruff check memcryptor_lab attacks tests
-	$(PY) -m ruff format --check memcryptor_lab attacks tests
+	$(PY) -m ruff check memcryptor_lab attacks tests notebooks
+	$(PY) -m ruff format --check memcryptor_lab attacks tests notebooks
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,4 +1,5 @@
-"""memlab: list designs and attacks, run the matrix, attack a process, scan a file."""
+"""memlab: list designs and attacks, run the matrix, render its report, attack a process,
+scan a file."""
 
 from __future__ import annotations
 
@@ -117,6 +118,43 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.full:
         args.bench = "full"
     _bench(args, None)
+    return 0
+
+
+def _notebook_parameter(text: str) -> tuple[str, object]:
+    import json
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .report import ReportError, build_report, publish
+
+    console = Console(stderr=True)
+    try:
+        with console.status("report") as status:
+            path = build_report(
+                args.run_dir,
+                notebooks=args.notebooks,
+                parameters=dict(args.parameter or []),
+                timeout=args.timeout,
+                progress=None if args.quiet else lambda name: status.update(f"report: {name}"),
+            )
+        figures = sorted((path.parent / "figures").glob("*.png"))
+        print(f"{path} ({len(figures)} figures in {path.parent / 'figures'})")
+        if args.publish:
+            print(f"published to {publish(path.parent, args.publish)}")
+    except ReportError as exc:
+        print(f"memlab report: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -268,6 +306,33 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=Path("results"))
     bench.add_argument("--quiet", action="store_true", help="no progress display")
     bench.set_defaults(func=_cmd_bench)
+
+    report = sub.add_parser(
+        "report", help="execute the notebooks on a run and write RUN_DIR/report.html"
+    )
+    report.add_argument(
+        "run_dir", type=Path, help="a run folder, or a results folder (then its newest run)"
+    )
+    report.add_argument("--notebooks", type=Path, help="notebook folder (default: the checkout's)")
+    report.add_argument(
+        "--publish",
+        type=Path,
+        metavar="DIR",
+        help="then replace DIR (results/reference) with the run's summaries, figures and "
+        "report; only a complete run with its bench",
+    )
+    report.add_argument(
+        "-p",
+        "--parameter",
+        type=_notebook_parameter,
+        action="append",
+        metavar="NAME=VALUE",
+        help="a notebook parameter (repeatable), e.g. -p dpi=80; VALUE is read as JSON, "
+        "else taken as a string",
+    )
+    report.add_argument("--timeout", type=int, default=900, help="seconds per notebook cell")
+    report.add_argument("--quiet", action="store_true", help="no progress display")
+    report.set_defaults(func=_cmd_report)
 
     scan = sub.add_parser(
         "scan", help="scan any dump or image file for needles and AES key schedules"

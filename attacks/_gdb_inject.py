@@ -13,10 +13,12 @@ with MEMLAB-INJECT goes to stdout with what the target did. Two plans:
 
 import json
 import os
+import struct
 
 import gdb  # type: ignore[import-not-found]
 
 PROT_READ = 1
+IOV_MAX = 1024
 
 
 def _call(expression: str) -> int:
@@ -28,27 +30,48 @@ def _errno() -> int:
 
 
 def _copy_out(plan: dict) -> dict:  # type: ignore[type-arg]
+    """Regions go out in batches of one writev(2) each (an inferior call costs tens of
+    milliseconds; one per region made this 9 s on a small process). The iovec array lives
+    in a page the target maps for us and unmaps after."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     fd = _call(f'(int)open("{plan["image"]}", {flags}, 0600)')
     if fd < 0:
         return {"error": f"open in the target failed: errno {_errno()}"}
-    written = []
-    for start, length, prot, opened in plan["regions"]:
+    regions = plan["regions"]
+    done = {start: 0 for start, *_ in regions}
+    readable = []
+    for start, length, _prot, opened in regions:
         if opened and _call(f"(int)mprotect({start}, {length}, {PROT_READ})") != 0:
-            written.append([start, -_errno()])
+            done[start] = -_errno()
             continue
-        done = 0
-        while done < length:
-            n = _call(f"(long)write({fd}, {start + done}, {length - done})")
-            if n <= 0:
-                done = -_errno() if n < 0 and done == 0 else done
-                break
-            done += n
-        if opened:
-            _call(f"(int)mprotect({start}, {length}, {prot})")
-        written.append([start, done])
-    _call(f"(int)close({fd})")
-    return {"written": written}
+        readable.append((start, length))
+    iov = _call(f"(long)mmap(0, {IOV_MAX * 16}, 3, 0x22, -1, 0)")  # rw, private|anonymous
+    inferior = gdb.selected_inferior()
+    try:
+        i = 0
+        while i < len(readable):
+            batch = readable[i : i + IOV_MAX]
+            inferior.write_memory(iov, b"".join(struct.pack("<QQ", a, n) for a, n in batch))
+            wrote = _call(f"(long)writev({fd}, {iov}, {len(batch)})")
+            if wrote < 0:  # the first region failed as a whole: note it, go on after it
+                done[batch[0][0]] = -_errno()
+                i += 1
+                continue
+            for start, length in batch:  # full regions, then at most one partial one
+                part = min(wrote, length)
+                done[start], wrote = part, wrote - part
+                i += 1
+                if part < length:
+                    break
+    finally:
+        _call(f"(int)munmap({iov}, {IOV_MAX * 16})")
+        for start, length, prot, opened in regions:
+            if opened:
+                _call(f"(int)mprotect({start}, {length}, {prot})")
+        _call(f"(int)close({fd})")
+    # in file order (the order of `readable`), then the regions that could not be opened
+    unopened = [[start, done[start]] for start, *_ in regions if done[start] < 0]
+    return {"written": [[start, done[start]] for start, _ in readable] + unopened}
 
 
 def _python(plan: dict) -> dict:  # type: ignore[type-arg]

@@ -43,6 +43,9 @@ from .results import (
 )
 
 SECRET_KINDS = ("unicode", "ascii", "binary")
+# the subject holds the run's secrets; the control holds throwaway ones of the same shape
+# and is searched for the run's: what it shows is the method's false positives
+ROLES = ("subject", "control")
 # Letters outside Latin-1 make CPython store a str as UCS-2: plain's copies show as UTF-16LE.
 _UNICODE_EXTRA = "αβγδεζηθλμπσφψωЖДФЯ"
 
@@ -83,14 +86,17 @@ class LabSecrets:
         return self.kind != "binary"
 
     def needle_set(self) -> Any:
-        from attacks.scan import NeedleSet, Secret
+        """The plaintext, the key, the decoy, and the key's AES schedules (what a process
+        that used the key may keep after the key itself is gone), in one pass."""
+        from attacks.scan import NeedleSet, Secret, key_schedule_needles
 
         return NeedleSet(
             [
                 Secret("plaintext", bytes(self.plaintext), self.text),
                 Secret("key", bytes(self.key), False),
                 Secret("decoy", bytes(self.decoy), self.text),
-            ]
+            ],
+            extra=key_schedule_needles(bytes(self.key)),
         )
 
     def wipe(self) -> None:
@@ -358,6 +364,7 @@ def run_matrix(
     phases: Sequence[str] = PHASES,
     *,
     attackers: Sequence[str] = ATTACKER_CLASSES,
+    roles: Sequence[str] = ROLES,
     secret_kind: str = "unicode",
     lab_secrets: LabSecrets | None = None,
     keep_artefacts: bool = False,
@@ -378,6 +385,8 @@ def run_matrix(
     for phase in phases:
         if phase not in EXPOSURE_PHASES:
             raise ValueError(f"unknown phase {phase!r}; phases: {', '.join(EXPOSURE_PHASES)}")
+    if not set(roles) <= set(ROLES) or "subject" not in roles:
+        raise ValueError(f"roles must include 'subject' and be among {ROLES}, got {roles}")
     for attacker in attackers:
         if attacker not in ATTACKER_CLASSES:
             raise ValueError(
@@ -409,6 +418,7 @@ def run_matrix(
         "attacks": attacks,
         "phases": list(phases),
         "attackers": list(attackers),
+        "roles": list(roles),
         "secret_kind": secret_kind,
         "secret_len": len(truth.plaintext),
         "key_len": len(truth.key),
@@ -497,7 +507,7 @@ def run_matrix(
                     who = _Attacker(attacker, identity, attack_dir)
                     for design in designs:
                         reason = why_not or DESIGNS[design].supported()
-                        for role in ("subject", "control"):
+                        for role in roles:
                             if reason is not None:
                                 for attack_name in attacks:
                                     for phase in phases:

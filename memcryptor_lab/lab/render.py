@@ -19,6 +19,7 @@ SUMMARY_COLUMNS = (
     "plaintext_partial",
     "key",
     "key_partial",
+    "key_schedule",
     "decoy",
     "plaintext_encodings",
     "plaintext_regions",
@@ -52,6 +53,7 @@ def summarize_rows(rows: Iterable[Row]) -> list[dict[str, Any]]:
                 "plaintext_partial": 0,
                 "key": 0,
                 "key_partial": 0,
+                "key_schedule": 0,
                 "decoy": 0,
                 "bytes_scanned": r.bytes_scanned,
                 "duration_s": r.duration_s,
@@ -64,6 +66,9 @@ def summarize_rows(rows: Iterable[Row]) -> list[dict[str, Any]]:
             continue
         if r.needle_kind == "decoy":
             cell["decoy"] += r.copies
+            continue
+        if r.needle_kind == "key-schedule":  # the round keys after the key: whole only
+            cell["key_schedule"] += r.copies
             continue
         column = r.needle_kind + ("" if r.form == "full" else "_partial")
         if column in cell:
@@ -92,6 +97,7 @@ def print_summary(summary: list[dict[str, Any]]) -> None:
         "status",
         "plaintext",
         "key",
+        "sched",
         "decoy",
         "plaintext encodings",
         "where",
@@ -109,6 +115,7 @@ def print_summary(summary: list[dict[str, Any]]) -> None:
             c["status"],
             f"{c['plaintext']} / {c['plaintext_partial']}",
             f"{c['key']} / {c['key_partial']}",
+            str(c["key_schedule"]),
             str(c["decoy"]),
             c["plaintext_encodings"],
             escape(c["plaintext_regions"]),

@@ -27,7 +27,7 @@ $(VENV)/.lab-installed: pyproject.toml | $(PY)
 # matrix and bench into one new run folder, then its report (results/<run-id>/report.html),
 # which then replaces results/reference/ (summaries, figures, report, meta)
 lab: $(VENV)/.lab-installed $(VENV)/.system-tools
-	$(PY) -m memcryptor_lab run --out results --bench quick
+	$(PY) -m memcryptor_lab run --out results --exposure --bench quick
 	$(PY) -m memcryptor_lab report results --publish results/reference
 
 test: $(VENV)/.test-installed $(VENV)/.system-tools

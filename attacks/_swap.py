@@ -128,30 +128,42 @@ def cgroup_v2_reclaim_file(pid: int) -> Path | None:
 
 
 def _push_madvise(pid: int, regions: list[Region]) -> PushResult:
+    """One pass per CPU, run on that CPU. MADV_PAGEOUT cannot take a page that still sits in
+    a CPU's per-CPU LRU batch (just faulted in there), and it drains only the batches of
+    the CPU it runs on: a page the target had just written on the other core was seen to
+    stay in RAM now and then."""
     result = PushResult("process_madvise MADV_PAGEOUT")
     pidfd = _libc.syscall(_PIDFD_OPEN, pid, 0)
     if pidfd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), f"pidfd_open({pid})")
+    cpus = sorted(os.sched_getaffinity(0))
     try:
-        for region in regions:
-            if region.name in KERNEL_PAGES:
-                continue  # [vvar] and [vsyscall] answer EINVAL/EFAULT to everyone
-            iov = _IoVec(region.start, region.size)
-            done = _libc.syscall(_PROCESS_MADVISE, pidfd, ctypes.byref(iov), 1, _MADV_PAGEOUT, 0)
-            if done >= 0:
-                result.bytes_advised += done
-                continue
-            err = ctypes.get_errno()
-            if err in (errno.ESRCH, errno.EPERM):
-                raise OSError(err, os.strerror(err), f"process_madvise({pid})")
-            name = errno.errorcode.get(err, str(err))
-            result.errors[name] += 1
-            if err != errno.ENOMEM:  # ENOMEM: unmapped since smaps was read
-                result.refused.append((region, name))
+        for n, cpu in enumerate(cpus):
+            os.sched_setaffinity(0, {cpu})
+            _pageout_pass(pid, pidfd, regions, result if n == 0 else PushResult(""))
     finally:
+        os.sched_setaffinity(0, cpus)
         os.close(pidfd)
     return result
+
+
+def _pageout_pass(pid: int, pidfd: int, regions: list[Region], result: PushResult) -> None:
+    for region in regions:
+        if region.name in KERNEL_PAGES:
+            continue  # [vvar] and [vsyscall] answer EINVAL/EFAULT to everyone
+        iov = _IoVec(region.start, region.size)
+        done = _libc.syscall(_PROCESS_MADVISE, pidfd, ctypes.byref(iov), 1, _MADV_PAGEOUT, 0)
+        if done >= 0:
+            result.bytes_advised += done
+            continue
+        err = ctypes.get_errno()
+        if err in (errno.ESRCH, errno.EPERM):
+            raise OSError(err, os.strerror(err), f"process_madvise({pid})")
+        name = errno.errorcode.get(err, str(err))
+        result.errors[name] += 1
+        if err != errno.ENOMEM:  # ENOMEM: unmapped since smaps was read
+            result.refused.append((region, name))
 
 
 def _push_cgroup(pid: int, reclaim: Path, nbytes: int) -> PushResult:

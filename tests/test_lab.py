@@ -74,7 +74,12 @@ def controls(tmp_path_factory):
 
 
 def _copies(frame, attacker: str = "root", **where) -> int:
+    """Copies found by `attacker` in the cells `where` selects. Unless an attack is named,
+    inject-api is left out: it counts what injected code can *get* (everything), not what
+    memory holds."""
     sel = frame[(frame.status == "ok") & (frame.attacker == attacker)]
+    if "attack" not in where:
+        sel = sel[sel.attack != "inject-api"]
     for column, value in where.items():
         sel = sel[sel[column] == value]
     return int(sel.copies.sum())
@@ -98,7 +103,11 @@ def test_schema_and_metadata(run) -> None:
     assert set(frame.phase) == {"at-rest", "in-use", "released", "after-exit"}
     assert set(frame.attacker) == {"root", "same-user"}
     assert set(frame.victim) == {"subject", "broker-process"}
-    assert (frame[frame.status == "ok"].bytes_scanned > 0).all()
+    scanned = frame[(frame.status == "ok") & (frame.attack != "inject-api")]
+    assert (scanned.bytes_scanned > 0).all()
+    # injected code writes out what it could reveal: nothing, once the secret is destroyed
+    revealed = frame[(frame.attack == "inject-api") & (frame.status == "ok")]
+    assert (revealed[revealed.phase == "released"].bytes_scanned == 0).all()
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
@@ -198,8 +207,8 @@ def test_hardened_designs_hold_no_plaintext_and_no_raw_key_at_rest(run, design: 
         & (frame.needle_kind == "plaintext")
     ]
     assert int(released.copies.sum()) == 0
-    notes = set(frame[frame.design == design].design_notes)
-    assert all("PR_SET_DUMPABLE=0" in n and "downgrades=none" in n for n in notes)
+    notes = set(frame[frame.design == design].design_notes) - {""}  # "": skipped, no victim
+    assert notes and all("PR_SET_DUMPABLE=0" in n and "downgrades=none" in n for n in notes)
 
 
 # Attacks that read memory and meet memfd_secret pages (gcore without -a never tries:
@@ -225,8 +234,8 @@ def test_secretmem_reads_are_reported_blocked_not_zero(run) -> None:
 
 def test_keyring_reports_which_crypto_path_ran(run) -> None:
     _, _, frame = run
-    notes = frame[frame.design == "keyring"].design_notes
-    assert notes.str.contains("crypto=userspace").all()
+    notes = frame[(frame.design == "keyring") & (frame.status != "skipped")].design_notes
+    assert len(notes) > 0 and notes.str.contains("crypto=userspace").all()
 
 
 def test_broker_client_never_holds_the_key_and_plaintext_only_while_revealed(run) -> None:
@@ -248,7 +257,13 @@ def test_the_broker_process_is_attacked_too(run) -> None:
     # the lab uid may use the broker (it runs as root, a system service) but not read it
     as_user = broker[(broker.attacker == "same-user") & (broker.status != "skipped")]
     assert len(as_user) > 0 and set(as_user.status) == {"blocked"}
-    assert int(broker[broker.needle_kind.isin(["key", "plaintext"])].copies.sum()) == 0
+    read = broker[broker.attack != "inject"]
+    assert int(read[read.needle_kind.isin(["key", "plaintext"])].copies.sum()) == 0
+    # but root that makes the broker copy its own memory out gets the key from its
+    # memfd_secret arena: memfd_secret stops outside readers, not the process itself
+    for phase in ("at-rest", "in-use", "released"):
+        cell = dict(victim="broker-process", attack="inject", phase=phase, needle_kind="key")
+        assert _copies(frame, design="broker", **cell) > 0, phase
 
 
 def test_decoy_and_control_victim_show_nothing(run, controls) -> None:
@@ -298,8 +313,8 @@ def test_same_user_finds_dumpable_victims(controls, attack: str) -> None:
     cell = dict(victim="subject", phase="at-rest", attack=attack, needle_kind="plaintext")
     if attack in ROOT_ONLY:
         rows = controls[(controls.attacker == "same-user") & (controls.attack == attack)]
-        assert set(rows.status) - {"n/a", "alias"} == {"skipped"}
-        assert rows.reason.str.contains("root").all()
+        rows = rows[~rows.status.isin(["n/a", "alias"])]
+        assert set(rows.status) == {"skipped"} and rows.reason.str.contains("root").all()
         return
     assert _copies(controls, "same-user", design="plain", **cell) > 0
 
@@ -315,7 +330,7 @@ def test_non_dumpable_victims_refuse_the_same_user(run, design: str) -> None:
     ]
     assert set(rows.attack) == set(SAME_USER_ATTACKS)
     assert set(rows.status) == {"blocked"}, rows[rows.status != "blocked"][["attack", "reason"]]
-    assert rows.reason.str.contains("refused|not permitted").all()
+    assert rows.reason.str.contains("refused|not permitted|EACCES").all()
     # and root is not refused: the same victims give root a readable process
     root = frame[
         (frame.attacker == "root") & (frame.design == design) & (frame.attack == "inject-api")
@@ -466,4 +481,4 @@ def test_memlab_run_cli_prints_the_table_without_secrets(tmp_path: Path) -> None
     assert "plain" in out.stdout and "subject" in out.stdout and "control" in out.stdout
     (run_dir,) = tmp_path.iterdir()
     summary = (run_dir / "summary.csv").read_text().splitlines()
-    assert len(summary) == 1 + 2  # header, subject, control
+    assert len(summary) == 1 + 2 * 2  # header, (subject, control) x (root, same-user)

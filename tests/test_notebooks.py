@@ -80,8 +80,9 @@ def test_summary_tables_have_the_expected_rows(report_run) -> None:
     _, run_dir, _ = report_run
     figures = run_dir / "figures"
     cells = pd.read_csv(figures / "01-cells.csv")
-    # design x victim (subject, control) x attacker x attack x phase
-    assert len(cells) == len(DESIGNS) * 2 * 1 * 3
+    # design x victim (subject, control) x attacker (root, same-user) x attack x phase
+    assert len(cells) == len(DESIGNS) * 2 * 2 * 3
+    assert set(cells.attacker) == {"root", "same-user"}
     assert set(cells.design) == set(DESIGNS) and set(cells.attack) == {"proc-mem"}
     recommendations = pd.read_csv(figures / "04-recommendations.csv")
     assert list(recommendations.design) == DESIGNS

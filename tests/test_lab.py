@@ -234,7 +234,8 @@ def test_secretmem_reads_are_reported_blocked_not_zero(run) -> None:
 
 def test_keyring_reports_which_crypto_path_ran(run) -> None:
     _, _, frame = run
-    notes = frame[(frame.design == "keyring") & (frame.status != "skipped")].design_notes
+    notes = frame[frame.design == "keyring"].design_notes
+    notes = notes[notes != ""]  # "": rows of skipped attacks, no victim behind them
     assert len(notes) > 0 and notes.str.contains("crypto=userspace").all()
 
 
@@ -335,7 +336,7 @@ def test_non_dumpable_victims_refuse_the_same_user(run, design: str) -> None:
     root = frame[
         (frame.attacker == "root") & (frame.design == design) & (frame.attack == "inject-api")
     ]
-    assert _copies(root, design=design, victim="subject", phase="at-rest") > 0
+    assert _copies(root, design=design, victim="subject", phase="at-rest", attack="inject-api")
 
 
 def test_injected_code_gets_every_design_but_not_after_release(run) -> None:

@@ -86,11 +86,14 @@ def test_summary_tables_have_the_expected_rows(report_run) -> None:
     assert set(cells.design) == set(DESIGNS) and set(cells.attack) == {"proc-mem"}
     recommendations = pd.read_csv(figures / "04-recommendations.csv")
     assert list(recommendations.design) == DESIGNS
-    verdicts = pd.read_csv(figures / "04-verdicts.csv").set_index("design")
+    verdicts = pd.read_csv(figures / "04-verdicts.csv")
+    root = verdicts[verdicts.attacker == "root"].set_index("design")
+    same_user = verdicts[verdicts.attacker == "same-user"].set_index("design")
     # the positive control loses its key; the protected design loses none and shows
     # plaintext at most while it is in use (measured here: the reveal slot)
-    assert verdicts.at["plain", "verdict"] == "key"
-    assert verdicts.at["hardened", "verdict"] in ("in-use", "clean", "blocked")
+    assert root.at["plain", "verdict"] == "key" and same_user.at["plain", "verdict"] == "key"
+    assert root.at["hardened", "verdict"] in ("in-use", "clean", "blocked")
+    assert same_user.at["hardened", "verdict"] == "blocked"  # non-dumpable: refused
     controls = pd.read_csv(figures / "01-controls.csv")
     assert controls.drop(columns=["design", "attack", "cells checked"]).sum().sum() == 0
     deployments = pd.read_csv(figures / "04-deployments.csv")

@@ -139,13 +139,19 @@ def test_parser_rejects_what_the_protocol_forbids() -> None:
 
 
 # -- a live broker under abuse ---------------------------------------------------------------
-def test_a_hundred_thousand_random_and_mutated_frames_crash_nothing(broker) -> None:
+# `make test` sizes; MEMLAB_STRESS_FRAMES=100000 MEMLAB_STRESS_OPS=10000 is the long run
+# (passed on this machine, ~2.5 min for the two)
+STRESS_FRAMES = int(os.environ.get("MEMLAB_STRESS_FRAMES", "30000"))
+STRESS_OPS = int(os.environ.get("MEMLAB_STRESS_OPS", "3000"))
+
+
+def test_random_and_mutated_frames_crash_nothing(broker) -> None:
     address, proc = broker
     rng = random.Random(1234)
     sent = replies = 0
     sock = _connect(address)
     deadline = time.monotonic() + 240
-    while sent < 100_000 and time.monotonic() < deadline:
+    while sent < STRESS_FRAMES and time.monotonic() < deadline:
         if rng.random() < 0.7:
             # well-formed, random content: answered, connection kept
             op, fields = rng.choice(
@@ -182,20 +188,20 @@ def test_a_hundred_thousand_random_and_mutated_frames_crash_nothing(broker) -> N
             sock = _connect(address)
         sent += 1
     sock.close()
-    assert sent == 100_000, f"only {sent} frames in the time allowed"
+    assert sent == STRESS_FRAMES, f"only {sent} frames in the time allowed"
     assert proc.poll() is None
     assert "broker v1" in _ping(address)
-    assert replies > 50_000
+    assert replies > STRESS_FRAMES // 2
 
 
-def test_eight_clients_ten_thousand_operations_each_without_error(broker) -> None:
+def test_eight_clients_many_operations_each_without_error(broker) -> None:
     address, _ = broker
 
     def client(seed: int) -> Callable[[], int]:
         def body() -> int:
             rng = random.Random(seed)
             with mc.open_design("broker", socket_path=address) as protector:
-                for i in range(10_000):
+                for i in range(STRESS_OPS):
                     data = rng.randbytes(rng.randint(1, 200))
                     if i % 2:
                         sealed = protector.seal_buffer(bytearray(data))

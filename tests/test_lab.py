@@ -424,9 +424,9 @@ def _victims_of(pid: int) -> list[psutil.Process]:
     return victims
 
 
-def _start_run(out: Path) -> subprocess.Popen[bytes]:
+def _start_run(out: Path, *options: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "memcryptor_lab", "run", "--out", str(out), "--quiet"],
+        [sys.executable, "-m", "memcryptor_lab", "run", "--out", str(out), "--quiet", *options],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -483,3 +483,45 @@ def test_memlab_run_cli_prints_the_table_without_secrets(tmp_path: Path) -> None
     (run_dir,) = tmp_path.iterdir()
     summary = (run_dir / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + 2 * 2  # header, (subject, control) x (root, same-user)
+
+
+def _inside(attack: str, proc: subprocess.Popen[bytes]) -> bool:
+    """Is the run in the middle of the attack's acquisition (its tool or its swap on)?"""
+    if attack == "swap":
+        return "memlab-swap" in Path("/proc/swaps").read_text()
+    marks = {"inject": "gdb", "lldb": "_lldb_helper"}
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return False
+    for child in children:
+        try:
+            if marks[attack] in " ".join(child.cmdline()):
+                return True
+        except psutil.Error:
+            pass
+    return False
+
+
+@pytest.mark.parametrize("attack", ["inject", "lldb", "swap"])
+def test_run_interrupted_inside_an_attack_leaves_nothing(attack: str, tmp_path: Path) -> None:
+    # SIGTERM while a debugger is attached, or while the lab swap is on
+    if ATTACKS[attack].supported() is not None:
+        pytest.skip(ATTACKS[attack].supported())
+    workdirs_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "memlab-*")))
+    swaps_before = Path("/proc/swaps").read_text()
+    options = ["--designs", "plain", "--attacks", attack, "--phases", "at-rest"]
+    proc = _start_run(tmp_path, *options, "--attackers", "root")
+    deadline = time.monotonic() + 60
+    while not _inside(attack, proc) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before the attack was caught in the act"
+    everyone = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr.decode()
+    _, alive = psutil.wait_procs(everyone, timeout=10)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]  # victims, gdb, lldb
+    assert Path("/proc/swaps").read_text() == swaps_before
+    assert CORE_PATTERN.read_text() == ORIGINAL_CORE_PATTERN
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "memlab-*"))) == workdirs_before

@@ -220,7 +220,8 @@ def build_report(
     """Execute the notebooks on a run (or a results folder's newest run) and write
     `RUN_DIR/report.html` and `RUN_DIR/figures/*.png|csv`. Returns the report's path."""
     try:
-        run = resolve_run_dir(run_dir, RESULTS_FILE)
+        # absolute: the notebooks run with the run folder as their working directory
+        run = resolve_run_dir(run_dir, RESULTS_FILE).resolve()
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise ReportError(f"{exc}: run the matrix first (memlab run --out {run_dir})") from None
     executed = execute_notebooks(

@@ -33,6 +33,7 @@ from .matrix import MEASURED
 # smaps flags a reviewer cares about: locked, no-dump, wipe-on-fork, I/O, pure PFN
 INTERESTING_FLAGS = ("lo", "dd", "wf", "io", "pf")
 NEEDLES = {PLAINTEXT: "plaintext", "key": "key"}
+INJECTED_CODE = "injected-code"  # inject-api's artefact
 
 
 def _targets(frame: pd.DataFrame) -> pd.DataFrame:
@@ -45,7 +46,9 @@ def exposure_table(cell_frame: pd.DataFrame) -> pd.DataFrame:
     """Per design (and its other processes), attacker and phase: the most copies of the
     plaintext and of the key any attack found, and which attacks found that many."""
     frame = _targets(cell_frame)
-    frame = frame[frame["status"].isin(MEASURED)]
+    # copies that memory holds: injected code that calls the API gets every secret still
+    # alive (what it can *get*), which says nothing about residue; the matrix shows it
+    frame = frame[frame["status"].isin(MEASURED) & (frame["artefact"] != INJECTED_CODE)]
     records = []
     for (_, attacker, phase), group in frame.groupby(["target", "attacker", "phase"]):
         record = {
@@ -138,7 +141,7 @@ def exposure_figure(cell_frame: pd.DataFrame, *, max_cols: int = 4) -> Figure:
     fig.legend(
         handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False
     )
-    fig.supylabel("copies (most found by any attack)", fontsize=9)
+    fig.supylabel("copies in memory (most any attack found; inject-api left out)", fontsize=9)
     fig.suptitle("Copies over the secret's life (grey band: in use); a gap means not measured")
     return fig
 

@@ -308,6 +308,15 @@ def verdict_claims(verdict_frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _phase_span(phases: str) -> str:
+    """'at-rest, in-use, released, ...' -> 'at-rest … after-gc (6 phases)': a cell has
+    room for a few words; the table beside the figure lists them all."""
+    names = [p for p in phases.split(", ") if p]
+    if len(names) <= 2:
+        return ", ".join(names)
+    return f"{names[0]} … {names[-1]}\n({len(names)} phases)"
+
+
 # --- heatmaps -----------------------------------------------------------------------------
 
 _COPY_COLORS = ["#d9f0d3", "#fdae61", "#f46d43", "#d73027", "#a50026"]
@@ -604,8 +613,8 @@ def verdict_figure(verdict_frame: pd.DataFrame) -> Figure:
         y, x = designs.index(r.design), threats.index(r.threat)
         grid[y, x] = codes.index(r.verdict)
         short = {
-            "key": f"key\n{r.key_phases}",
-            "plaintext": f"plaintext\n{r.plaintext_phases}",
+            "key": f"key\n{_phase_span(r.key_phases)}",
+            "plaintext": f"plaintext\n{_phase_span(r.plaintext_phases)}",
             "in-use": "in use only",
             "clean": "nothing",
             "blocked": "blocked",

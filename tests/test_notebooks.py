@@ -7,6 +7,7 @@ The jupytext pairs are checked too: committed without outputs, .py and .ipynb in
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -49,7 +50,9 @@ def report_run(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("results")
     result = run_matrix(out, DESIGNS, ["proc-mem"], PHASES, lab_secrets=truth)
     run_bench(out, "smoke", designs=DESIGNS, run_dir=result.run_dir)
-    done = memlab("report", str(result.run_dir), "-p", "dpi=40", "--quiet")
+    # a path relative to where memlab runs, as `make lab` passes it
+    relative = os.path.relpath(result.run_dir, ROOT)
+    done = memlab("report", relative, "-p", "dpi=40", "--quiet")
     yield truth, result.run_dir, done
     truth.wipe()
 

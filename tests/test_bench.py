@@ -102,6 +102,10 @@ def test_matrix_and_bench_share_one_run_folder(tmp_path: Path) -> None:
         "plain",
         "--phases",
         "at-rest",
+        "--attacks",
+        "proc-mem",
+        "--attackers",
+        "root",
         "--bench",
         "smoke",
     )

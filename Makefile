@@ -25,10 +25,11 @@ $(VENV)/.lab-installed: pyproject.toml | $(PY)
 	touch $@ $(VENV)/.test-installed
 
 # matrix and bench into one new run folder, then its report (results/<run-id>/report.html),
-# which then replaces results/reference/ (summaries, figures, report, meta)
+# which then replaces results/reference/ (summaries, figures, report, meta); dpi 72 keeps
+# the committed page (its figures embedded) near 4 MB
 lab: $(VENV)/.lab-installed $(VENV)/.system-tools
 	$(PY) -m memcryptor_lab run --out results --exposure --bench quick
-	$(PY) -m memcryptor_lab report results --publish results/reference
+	$(PY) -m memcryptor_lab report results -p dpi=72 --publish results/reference
 
 test: $(VENV)/.test-installed $(VENV)/.system-tools
 	$(PY) -m ruff check memcryptor_lab attacks tests notebooks

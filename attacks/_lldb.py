@@ -500,23 +500,40 @@ class Lldb(Attack):
             )
             outcome.regions_total = len(live)
             outcome.hits = scanner.scan(source)
-        missing = read_shortfall(live, report)
-        missing.record(source.stats)
-        outcome.stats = source.stats
-        outcome.findings = scanner.summarize(outcome.hits)
-        outcome.reason = (
+        _settle(
+            outcome,
+            scanner,
+            source.stats,
+            read_shortfall(live, report),
+            report,
             f"{tools.version}: {len(report.listed)} regions listed readable, "
-            f"{len(report.runs)} runs read{note}{report.retried}"
+            f"{len(report.runs)} runs read{note}{report.retried}",
         )
-        if not _detach_check(report, outcome):
-            return
-        if source.stats.bytes_read == 0:
-            outcome.status = BLOCKED
-            outcome.reason += "; no byte readable"
-        elif missing.blocking():
-            outcome.status = BLOCKED
-        if missing.text():
-            outcome.reason += f"; {missing.text()}"
+
+
+def _settle(
+    outcome: AttackOutcome,
+    scanner: Scanner,
+    stats: ReadStats,
+    missing: Shortfall,
+    report: HelperReport,
+    reason: str,
+) -> None:
+    """Fill the outcome of a finished read: stats, findings, reason; `blocked` when nothing
+    was readable or the target refused regions that are its own."""
+    missing.record(stats)
+    outcome.stats = stats
+    outcome.findings = scanner.summarize(outcome.hits)
+    outcome.reason = reason
+    if not _detach_check(report, outcome):
+        return
+    if stats.bytes_read == 0:
+        outcome.status = BLOCKED
+        outcome.reason += "; no byte readable"
+    elif missing.blocking():
+        outcome.status = BLOCKED
+    if missing.text():
+        outcome.reason += f"; {missing.text()}"
 
 
 class LldbCore(Attack):
@@ -562,17 +579,12 @@ class LldbCore(Attack):
             finally:
                 core.unlink(missing_ok=True)  # it holds the victim's memory
         ranges = [Span(start, end) for start, end in source.ranges()]
-        missing = core_shortfall(live, ranges)
-        missing.record(source.stats)
-        outcome.stats = source.stats
-        outcome.findings = scanner.summarize(outcome.hits)
-        outcome.reason = (
+        _settle(
+            outcome,
+            scanner,
+            source.stats,
+            core_shortfall(live, ranges),
+            report,
             f"{tools.version}: minidump ({source.memory_list}) of {size} bytes, "
-            f"{len(ranges)} memory ranges{note}{report.retried}"
+            f"{len(ranges)} memory ranges{note}{report.retried}",
         )
-        if not _detach_check(report, outcome):
-            return
-        if missing.blocking():
-            outcome.status = BLOCKED
-        if missing.text():
-            outcome.reason += f"; {missing.text()}"

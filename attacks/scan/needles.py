@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from ..sources import Chunk, MemorySource, Region
+from ..sources import Chunk, MemorySource, Region, RegionIndex
 from ._engines import Engine, make_engine
 
 FRAGMENT_BYTES = 16  # of the secret; each encoding's window is wider by its expansion
@@ -242,11 +242,9 @@ class Scanner:
         return self.scan_chunks(source.chunks(), source.regions())
 
     def _resolve(self, raw_hits: list[tuple[int, int]], regions: list[Region]) -> Iterator[Hit]:
-        starts = [r.start for r in regions]
-        unique = sorted(set(raw_hits))
-        for pattern_index, address in unique:
-            i = bisect.bisect_right(starts, address) - 1
-            region = regions[i] if i >= 0 and address < regions[i].end else None
+        index = RegionIndex(regions)
+        for pattern_index, address in sorted(set(raw_hits)):
+            region = index.find(address)
             for owner in self.needles.pattern_owners[pattern_index]:
                 n = self.needles.needles[owner]
                 yield Hit(n.kind, n.encoding, n.form, n.needle_id, address, n.length, region)

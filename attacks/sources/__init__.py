@@ -1,7 +1,7 @@
 """Memory sources: where the bytes an attack scans come from."""
 
 from ._base import PAGE, Chunk, MemorySource, ReadStats
-from ._regions import Region, parse_maps, read_regions
+from ._regions import Region, RegionIndex, parse_maps, read_regions
 from .elf_core import ElfCoreSource
 from .file import FileSource
 from .live import live_regions
@@ -23,6 +23,7 @@ __all__ = [
     "ProcessGoneError",
     "ReadStats",
     "Region",
+    "RegionIndex",
     "Segment",
     "SegmentSource",
     "SwapSource",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +54,22 @@ class Region:
         interesting = [f for f in self.vmflags if f in {"dd", "lo", "wf", "io", "pf"}]
         flags = f" {','.join(interesting)}" if interesting else ""
         return f"{self.name} {self.perms}{flags}"
+
+
+class RegionIndex:
+    """Regions sorted by start, looked up by address: every source that attributes bytes
+    to the live regions (cores, minidumps, segment files, scanner hits) asks one of these."""
+
+    def __init__(self, regions: Iterable[Region]) -> None:
+        self.regions = sorted(regions, key=lambda r: r.start)
+        self._starts = [r.start for r in self.regions]
+
+    def find(self, address: int) -> Region | None:
+        """The region holding `address`, or None."""
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i >= 0 and address < self.regions[i].end:
+            return self.regions[i]
+        return None
 
 
 def parse_maps(text: str) -> list[Region]:

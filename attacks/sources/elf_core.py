@@ -9,7 +9,6 @@ MADV_DONTDUMP) are counted, not read.
 
 from __future__ import annotations
 
-import bisect
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 from ._base import Chunk, ReadStats
-from ._regions import Region
+from ._regions import Region, RegionIndex
 
 CHUNK_BYTES = 16 * 1024 * 1024
 _PF_X, _PF_W, _PF_R = 1, 2, 4
@@ -33,20 +32,26 @@ class ElfCoreSource:
         chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
         self.path = Path(path)
-        self._live = sorted(live_regions or [], key=lambda r: r.start)
-        self._starts = [r.start for r in self._live]
+        self._live = RegionIndex(live_regions or [])
         self._chunk_bytes = chunk_bytes
         self._stats = ReadStats()
         self.segments_dumped = 0
         self.segments_excluded = 0
         self._regions: list[Region] | None = None
+        self._loads: list[tuple[int, int, int, int, int]] | None = None
 
     @property
     def stats(self) -> ReadStats:
         return self._stats
 
     def _segments(self) -> list[tuple[int, int, int, int, int]]:
-        """(vaddr, offset, filesz, memsz, flags) of every PT_LOAD."""
+        """(vaddr, offset, filesz, memsz, flags) of every PT_LOAD (parsed once: both
+        `regions` and `chunks` need them)."""
+        if self._loads is None:
+            self._loads = self._parse_loads()
+        return self._loads
+
+    def _parse_loads(self) -> list[tuple[int, int, int, int, int]]:
         with open(self.path, "rb") as handle:
             elf = ELFFile(handle)
             if elf["e_type"] != "ET_CORE":
@@ -58,9 +63,9 @@ class ElfCoreSource:
             ]
 
     def _region_for(self, vaddr: int, memsz: int, flags: int) -> Region:
-        i = bisect.bisect_right(self._starts, vaddr) - 1
-        if i >= 0 and vaddr < self._live[i].end:
-            return self._live[i]
+        live = self._live.find(vaddr)
+        if live is not None:
+            return live
         perms = (
             "".join(
                 c if flags & bit else "-" for c, bit in (("r", _PF_R), ("w", _PF_W), ("x", _PF_X))

@@ -11,7 +11,6 @@ from the range. Overlapping ranges (a thread's stack listed twice) are read once
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 from minidump.minidumpfile import MinidumpFile
 
 from ._base import Chunk, ReadStats
-from ._regions import Region
+from ._regions import Region, RegionIndex
 from .segments import CHUNK_BYTES, Segment, SegmentSource
 
 MAGIC = b"MDMP"
@@ -78,14 +77,11 @@ class MinidumpSource:
                 key=lambda r: r.start,
             )
             self.memory_list = "Memory64List" if dump.memory_segments_64 else "MemoryList"
-        self._module_starts = [m.start for m in self.modules]
+        self._modules = RegionIndex(self.modules)
         self._source = SegmentSource(self.segments, live_regions, self._module_for, chunk_bytes)
 
     def _module_for(self, segment: Segment, address: int) -> Region | None:
-        i = bisect.bisect_right(self._module_starts, address) - 1
-        if i >= 0 and address < self.modules[i].end:
-            return self.modules[i]
-        return None
+        return self._modules.find(address)
 
     @property
     def stats(self) -> ReadStats:

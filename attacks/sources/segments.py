@@ -11,14 +11,13 @@ again (a core may list a thread's stack twice).
 
 from __future__ import annotations
 
-import bisect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ._base import Chunk, ReadStats
-from ._regions import Region
+from ._regions import Region, RegionIndex
 
 CHUNK_BYTES = 16 * 1024 * 1024
 
@@ -46,8 +45,7 @@ class SegmentSource:
         chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
         self.segments = sorted(segments, key=lambda s: (s.address, -s.length))
-        self._live = sorted(live_regions or [], key=lambda r: r.start)
-        self._starts = [r.start for r in self._live]
+        self._live = RegionIndex(live_regions or [])
         self._fallback = fallback
         self._chunk_bytes = chunk_bytes
         self._stats = ReadStats()
@@ -57,16 +55,16 @@ class SegmentSource:
         return self._stats
 
     def region_for(self, segment: Segment, address: int) -> Region:
-        i = bisect.bisect_right(self._starts, address) - 1
-        if i >= 0 and address < self._live[i].end:
-            return self._live[i]
+        live = self._live.find(address)
+        if live is not None:
+            return live
         named = self._fallback(segment, address) if self._fallback is not None else None
         if named is not None and named.start <= address < named.end:
             return named
         return Region(segment.address, segment.end, "----", path="(segment)")
 
     def regions(self) -> list[Region]:
-        found: dict[int, Region] = {r.start: r for r in self._live}
+        found: dict[int, Region] = {r.start: r for r in self._live.regions}
         for segment in self.segments:
             address = segment.address
             while address < segment.end:
